@@ -1,0 +1,154 @@
+"""The demo model: a small CNN on scikit-learn's digits with a 6-unit bottleneck.
+
+Ten classes must pass through the six units of ``fc2``, so each unit is shared by several
+classes. An L1 penalty on the 64 activations feeding ``fc2`` makes those inputs class-specific,
+which is what makes some ``fc2`` units polysemantic in Hesse et al.'s sense (different classes
+drive the unit through different inputs). See DESIGN.md, "Demo model: what was measured".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import load_digits
+
+__all__ = ["DigitsNet", "TrainResult", "train_demo_model", "get_demo_model", "default_cache_dir"]
+
+DEMO_LAYER = "fc2"
+_CACHE_NAME = "demo_digits_v1.safetensors"
+
+
+class DigitsNet(nn.Module):
+    """Conv trunk -> Linear(512, 64) -> ReLU -> Linear(64, 6) -> ReLU -> Linear(6, 10).
+
+    Examples
+    --------
+    >>> net = DigitsNet()
+    >>> tuple(net(torch.zeros(2, 1, 8, 8)).shape)
+    (2, 10)
+    """
+
+    def __init__(self, bottleneck: int = 6) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.act2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(512, 64)
+        self.act3 = nn.ReLU()
+        self.fc2 = nn.Linear(64, bottleneck)
+        self.act4 = nn.ReLU()
+        self.fc3 = nn.Linear(bottleneck, 10)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The 64 post-ReLU activations that feed the bottleneck ``fc2``."""
+        x = self.pool(self.act2(self.conv2(self.act1(self.conv1(x)))))
+        return self.act3(self.fc1(self.flatten(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(self.act4(self.fc2(self.hidden(x))))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained demo model with its test accuracy and training time in seconds."""
+
+    model: DigitsNet
+    test_accuracy: float
+    seconds: float
+
+
+def train_demo_model(
+    *, epochs: int = 40, lr: float = 3e-3, l1: float = 0.05, seed: int = 0, batch_size: int = 64
+) -> TrainResult:
+    """Train :class:`DigitsNet` on the digits training split (about 3-10 s on 2 cores).
+
+    Parameters
+    ----------
+    epochs, lr, batch_size : int, float, int
+        Adam schedule.
+    l1 : float
+        Weight of the L1 penalty on the 64 activations feeding ``fc2``.
+    seed : int
+        Seeds initialisation and shuffling, so the result is reproducible.
+
+    Returns
+    -------
+    TrainResult
+        The model in eval mode, its accuracy on the 397 test images, and the training time.
+    """
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DigitsNet()
+    train, test = load_digits("train"), load_digits("test")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = len(train)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            h = model.hidden(train.images[idx])
+            logits = model.fc3(model.act4(model.fc2(h)))
+            loss = F.cross_entropy(logits, train.labels[idx]) + l1 * h.abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
+    return TrainResult(model, acc, time.perf_counter() - start)
+
+
+def default_cache_dir() -> Path:
+    """``$NEURONSPLIT_CACHE`` if set, else ``~/.cache/neuronsplit``."""
+    env = os.environ.get("NEURONSPLIT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "neuronsplit"
+
+
+def get_demo_model(cache_dir: str | os.PathLike | None = None, *, retrain: bool = False) -> DigitsNet:
+    """Return the trained demo model, training and caching it on first use.
+
+    Parameters
+    ----------
+    cache_dir : path-like, optional
+        Where the weights are cached (default :func:`default_cache_dir`).
+    retrain : bool
+        Ignore the cache and train again.
+
+    Returns
+    -------
+    DigitsNet
+        A fresh instance in eval mode (callers may modify it freely).
+
+    Examples
+    --------
+    >>> model = get_demo_model()  # doctest: +SKIP
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir or default_cache_dir()) / _CACHE_NAME
+    model = DigitsNet()
+    if path.exists() and not retrain:
+        try:
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    trained = train_demo_model().model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp))
+    tmp.replace(path)  # atomic: parallel test workers never read a half-written file
+    model.load_state_dict(trained.state_dict())
+    return model.eval()
