@@ -166,7 +166,11 @@ def find_polysemantic(
     >>> units = ns.find_polysemantic(res, tau=0.03, p=0.75, gamma=0.5)  # doctest: +SKIP
     >>> units[0].layer, units[0].unit, units[0].top_pair  # doctest: +SKIP
     """
-    names = list(result.layers) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
+    names = (
+        list(result.layers)
+        if layers is None
+        else ([layers] if isinstance(layers, str) else list(layers))
+    )
     if result.num_samples == 0:
         raise EmptyClassError("the scan saw no images; scan a non-empty loader first")
     allowed = None
@@ -211,7 +215,13 @@ def pairs_table(units: Sequence[PolysemanticUnit]) -> list[dict[str, object]]:
         Keys ``layer, unit, class_a, class_b, cosine``.
     """
     rows = [
-        {"layer": u.layer, "unit": u.unit, "class_a": p.class_a, "class_b": p.class_b, "cosine": p.cosine}
+        {
+            "layer": u.layer,
+            "unit": u.unit,
+            "class_a": p.class_a,
+            "class_b": p.class_b,
+            "cosine": p.cosine,
+        }
         for u in units
         for p in u.pairs
     ]

@@ -245,4 +245,19 @@ def TimmResNetCanonizer() -> Any:  # noqa: N802 - reads like a class, as Zennit'
             return None
         return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
 
-    return CompositeCanonizer((SequentialMergeBatchNorm(), AttributeCanonizer(attribute_map)))
+    class ExactSequentialMergeBatchNorm(SequentialMergeBatchNorm):
+        # zennit 0.5.1 leaves ``eps`` on the emptied BatchNorm, which then divides by
+        # sqrt(1 + eps) instead of 1 (a 1e-4 relative change of a ResNet-50's logits). Setting
+        # running_var = eps = 0.5 makes it an exact identity (as zennit's later fix does; eps
+        # must stay > 0 for recent torch); ``remove`` restores the original eps.
+        def register(self, linears: Any, batch_norm: nn.Module) -> None:
+            self.batch_norm_eps = batch_norm.eps
+            super().register(linears, batch_norm)
+            batch_norm.running_var.data = torch.full_like(batch_norm.running_var.data, 0.5)
+            batch_norm.eps = 0.5
+
+        def remove(self) -> None:
+            super().remove()
+            self.batch_norm.eps = self.batch_norm_eps
+
+    return CompositeCanonizer((ExactSequentialMergeBatchNorm(), AttributeCanonizer(attribute_map)))

@@ -85,7 +85,12 @@ def input_tap_sums(
     taps = []
     for i in range(kh):
         for j in range(kw):
-            window = x[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
+            window = x[
+                :,
+                :,
+                i * dh : i * dh + sh * (ho - 1) + 1 : sh,
+                j * dw : j * dw + sw * (wo - 1) + 1 : sw,
+            ]
             taps.append(window.sum(dim=(2, 3)))
     return torch.stack(taps, dim=-1)
 
@@ -121,13 +126,10 @@ class _Recorder:
     def hook(self, name: str):
         def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> torch.Tensor:
             if not isinstance(output, torch.Tensor):
-                raise UnsupportedLayerError(f"layer {name!r} returned {type(output).__name__}, not a Tensor")
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if not torch.isfinite(output).all():
-                raise NonFiniteError(
-                    f"layer {name!r} produced NaN/inf activations; check the inputs and the "
-                    "model's weights (e.g. normalise images, load a finite checkpoint)."
+                raise UnsupportedLayerError(
+                    f"layer {name!r} returned {type(output).__name__}, not a Tensor"
                 )
+            self.calls[name] = self.calls.get(name, 0) + 1
             with torch.no_grad():
                 self.taps[name] = input_tap_sums(module, inputs[0].detach(), output.shape)
             # A frozen model (no parameter requires grad) gives outputs without a graph: start one
@@ -240,8 +242,6 @@ def scan(
                     break
                 x, labels = _split_batch(batch)
                 x = x.to(device)
-                if not torch.isfinite(x).all():
-                    raise NonFiniteError(f"batch {batches} contains NaN/inf inputs")
                 recorder.reset()
                 with torch.enable_grad():
                     logits = work(x)
@@ -276,15 +276,19 @@ def scan(
                 if class_counts is None:
                     class_counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
                 class_counts.index_add_(0, targets, torch.ones_like(targets))
-                for name, out, grad in zip(names, outputs, grads):
+                for name, out, grad in zip(names, outputs, grads, strict=True):
                     module = modules[name]
                     kind = layer_kind(module)
                     if grad is None:  # the layer does not influence the logits at all
                         grad = torch.zeros_like(out)
                     rel = backend.unit_relevance(out.detach(), grad, kind)
+                    # one cheap check on (B, C) instead of scanning every activation: NaN/inf
+                    # anywhere in the layer output or its gradient reaches the relevance
                     if not torch.isfinite(rel).all():
-                        raise NonFiniteError(f"relevance at layer {name!r} is NaN/inf in batch {batches}")
-                    _accumulate(accum, name, module, rel, recorder.taps[name], targets, num_classes, taus)
+                        _raise_non_finite(name, out, x, batches)
+                    _accumulate(
+                        accum, name, module, rel, recorder.taps[name], targets, num_classes, taus
+                    )
                 batches += 1
     finally:
         for handle in handles:
@@ -351,15 +355,33 @@ def _accumulate(
     if name not in accum:
         units, device = rel.shape[1], rel.device
         accum[name] = {
-            "important": torch.zeros(len(taus), num_classes, units, dtype=torch.int32, device=device),
+            "important": torch.zeros(
+                len(taus), num_classes, units, dtype=torch.int32, device=device
+            ),
             "relevance_sum": torch.zeros(num_classes, units, dtype=torch.float64, device=device),
-            "input_sums": torch.zeros(num_classes, *taps.shape[1:], dtype=torch.float64, device=device),
+            "input_sums": torch.zeros(
+                num_classes, *taps.shape[1:], dtype=torch.float64, device=device
+            ),
         }
     acc = accum[name]
     rel = rel.detach()
     positive_total = rel.clamp(min=0).sum(1, keepdim=True)
-    for i, tau in enumerate(taus):
-        important = (rel >= tau * positive_total).to(torch.int32)
-        acc["important"][i].index_add_(0, targets, important)
+    thresholds = torch.tensor(taus, dtype=rel.dtype, device=rel.device).view(-1, 1, 1)
+    important = (rel.unsqueeze(0) >= thresholds * positive_total.unsqueeze(0)).to(torch.int32)
+    acc["important"].index_add_(1, targets, important)  # all taus in one call: (T, B, C)
     acc["relevance_sum"].index_add_(0, targets, rel.to(torch.float64))
     acc["input_sums"].index_add_(0, targets, taps.to(torch.float64))
+
+
+def _raise_non_finite(name: str, out: torch.Tensor, x: torch.Tensor, batch: int) -> None:
+    """Say precisely where NaN/inf came from (only runs on the failure path)."""
+    if not torch.isfinite(x).all():
+        where = "the inputs"
+    elif not torch.isfinite(out).all():
+        where = f"the activations of layer {name!r}"
+    else:
+        where = f"the gradient reaching layer {name!r}"
+    raise NonFiniteError(
+        f"NaN/inf in {where} in batch {batch}; check the inputs (normalised images?) and the "
+        "model's weights (a finite checkpoint?)."
+    )

@@ -153,7 +153,9 @@ class ScanResult:
         """
         stats = self.layer(layer)
         if not 0 <= unit < stats.num_units:
-            raise IndexError(f"unit {unit} out of range for layer {layer!r} ({stats.num_units} units)")
+            raise IndexError(
+                f"unit {unit} out of range for layer {layer!r} ({stats.num_units} units)"
+            )
         n = self._class_count(cls)
         return (stats.weight[unit] * stats.input_sums[cls]).sum(-1) / n
 
@@ -263,7 +265,9 @@ class ScanResult:
                 "re-create it with ScanResult.save()."
             ) from exc
         if header.get("format") != _FORMAT:
-            raise CorruptFileError(f"{path!r} has format {header.get('format')!r}, expected {_FORMAT!r}")
+            raise CorruptFileError(
+                f"{path!r} has format {header.get('format')!r}, expected {_FORMAT!r}"
+            )
         try:
             layers = {
                 name: LayerStats(
@@ -285,7 +289,9 @@ class ScanResult:
                 header.get("meta", {}),
             )
         except KeyError as exc:
-            raise CorruptFileError(f"{path!r} lacks the entry {exc}; the file is incomplete") from None
+            raise CorruptFileError(
+                f"{path!r} lacks the entry {exc}; the file is incomplete"
+            ) from None
 
     # ------------------------------------------------------------------ helpers
     def _tau_index(self, tau: float) -> int:

@@ -1,0 +1,72 @@
+"""The ``neuronsplit`` command: ``neuronsplit demo`` and ``neuronsplit insights``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``neuronsplit`` command."""
+    parser = argparse.ArgumentParser(
+        prog="neuronsplit",
+        description="Find polysemantic units and split them into exact, Captum-ready subunits.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        help="train (cached) a small CNN on scikit-learn's digits, scan, detect, split, verify",
+    )
+    demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    demo.add_argument(
+        "--cache", default=None, help="model cache dir (default ~/.cache/neuronsplit)"
+    )
+    demo.add_argument("--top", type=int, default=3, help="units to split (default 3)")
+    demo.add_argument("--tau", type=float, default=0.03)
+    demo.add_argument("--p", type=float, default=0.75)
+    demo.add_argument("--gamma", type=float, default=0.5)
+    demo.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    try:
+        from .insights import add_insights_parser
+    except ImportError:  # the module itself imports nothing optional; keep the CLI usable anyway
+        add_insights_parser = None
+    if add_insights_parser is not None:
+        add_insights_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``neuronsplit`` command.
+
+    Returns
+    -------
+    int
+        The process exit code.
+    """
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import format_table, run_demo
+
+        summary = run_demo(
+            args.out,
+            cache_dir=args.cache,
+            top=args.top,
+            tau=args.tau,
+            p=args.p,
+            gamma=args.gamma,
+            progress=not args.quiet,
+        )
+        print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+        if not args.json:
+            print(f"\nwrote {args.out}/summary.json and {args.out}/plan.json")
+        return 0 if summary["equivalence"]["passed"] else 1
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
