@@ -67,6 +67,12 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+# ``scan`` is both a submodule and a public function. Loading the submodule binds the package
+# attribute ``scan`` to the module, which would shadow the lazy export, so the function is bound
+# eagerly here, after its submodule has loaded (later imports of the submodule rebind nothing).
+from .scan import scan  # noqa: E402, F401
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

@@ -114,7 +114,10 @@ def relevant_classes(
         raise ValueError(f"p must be in (0, 1], got {p}")
     counts = result.important_counts(layer, tau).to(torch.float64)
     n = result.class_counts.to(torch.float64).unsqueeze(1)
-    return (counts >= p * n) & (n > 0)
+    # counts are integers: compare with ceil(p * N) so that count == p * N is relevant even when
+    # p * N rounds up in floating point (0.55 * 100 == 55.00000000000001)
+    needed = torch.ceil(p * n * (1.0 - 1e-12))
+    return (counts >= needed) & (n > 0)
 
 
 def find_polysemantic(

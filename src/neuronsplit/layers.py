@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 
 from torch import nn
 
 from .errors import UnknownLayerError, UnsupportedLayerError
 
-__all__ = ["resolve_layer", "check_supported", "layer_kind", "SUPPORTED_TYPES"]
+__all__ = ["resolve_layer", "check_supported", "layer_kind", "eval_mode", "SUPPORTED_TYPES"]
 
 SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -104,3 +106,29 @@ def check_supported(module: nn.Module, name: str) -> nn.Module:
 def layer_kind(module: nn.Module) -> str:
     """Return ``"conv2d"`` or ``"linear"`` for a supported layer."""
     return "conv2d" if isinstance(module, nn.Conv2d) else "linear"
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode and restore every submodule's own flag afterwards.
+
+    ``model.train(flag)`` would set all submodules to one flag, flipping those the user left in
+    another mode (e.g. a frozen BatchNorm in eval mode inside a model in train mode).
+
+    Examples
+    --------
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2).eval())
+    >>> with eval_mode(m):
+    ...     m.training
+    False
+    >>> m.training, m[1].training
+    (True, False)
+    """
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode

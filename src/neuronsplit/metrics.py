@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import layer_kind, resolve_layer
+from .layers import eval_mode, layer_kind, resolve_layer
 from .relevance import unit_sum
 
 __all__ = ["ConceptFractions", "concept_fractions"]
@@ -126,10 +126,7 @@ def concept_fractions(
     kind = layer_kind(module)
     split_layer = resolve_layer(split, layer)
     sub_module = split_layer.subunits
-    was = (original.training, split.training)
-    original.eval()
-    split.eval()
-    try:
+    with eval_mode(original, split):
         out, grad = _layer_io(original, module, images, labels)
         positive = unit_sum((out * grad).clamp(min=0), kind)  # clamp per position, then sum
         rel = positive[:, unit] / positive.sum(1).clamp(min=1e-30)
@@ -142,9 +139,6 @@ def concept_fractions(
             handle.remove()
         inter = unit_sum(captured[-1], kind)
         orig = unit_sum(out, kind)[:, unit]
-    finally:
-        original.train(was[0])
-        split.train(was[1])
     k_count = split_layer.num_subunits(unit)
     sub_cols = [split_layer.subunit_index(unit, k) for k in range(k_count)]
     res_col = split_layer.residual_index(unit)

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from .detect import PolysemanticUnit, cosine
 from .errors import EmptyClassError, InputShapeError
-from .layers import check_supported, resolve_layer
+from .layers import check_supported, eval_mode, resolve_layer
 from .plan import SplitPlan, UnitSplit
 from .stats import ScanResult
 
@@ -197,10 +197,8 @@ def _collect_sums(
     captured: list[torch.Tensor] = []
     handle = module.register_forward_pre_hook(lambda m, inputs: captured.append(inputs[0].detach()))
     sums, owners = [], []
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for batch in loader:
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                     raise InputShapeError("plan_split needs a loader of (inputs, labels) pairs")
@@ -223,7 +221,6 @@ def _collect_sums(
                 owners.append(torch.tensor([class_to_concept[y[i].item()] for i in keep]))
     finally:
         handle.remove()
-        model.train(was_training)
     if not sums:
         raise EmptyClassError(
             f"the loader holds no images of the concept classes {list(concepts)}; pass the "

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .errors import InputShapeError, InvalidTargetError, NonFiniteError, UnsupportedLayerError
-from .layers import check_supported, layer_kind, resolve_layer
+from .layers import check_supported, eval_mode, layer_kind, resolve_layer
 from .relevance import RelevanceBackend, Zennit, get_backend
 from .stats import DEFAULT_TAU_GRID, LayerStats, ScanResult
 
@@ -224,14 +224,13 @@ def scan(
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
 
-    was_training = model.training
     handles: list[Any] = []
     accum: dict[str, dict[str, torch.Tensor]] = {}
     class_counts: torch.Tensor | None = None
     batches = 0
     try:
-        with backend.prepare(model) as work:
-            work.eval()
+        # eval_mode restores every submodule's own training flag, even on errors
+        with eval_mode(model), backend.prepare(model) as work:
             modules = {name: resolve_layer(work, name) for name in names}
             recorder = _Recorder(modules)
             for name, module in modules.items():
@@ -293,7 +292,6 @@ def scan(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
 
     if class_counts is None:
         raise InputShapeError("the loader yielded no batches; nothing was scanned")

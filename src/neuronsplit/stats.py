@@ -256,6 +256,8 @@ class ScanResult:
         try:
             with safe_open(path, framework="pt") as handle:
                 header = json.loads((handle.metadata() or {})["neuronsplit"])
+                if not isinstance(header, dict):
+                    raise TypeError(f"metadata is a JSON {type(header).__name__}, not an object")
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except FileNotFoundError:
             raise
@@ -288,9 +290,10 @@ class ScanResult:
                 header["target"],
                 header.get("meta", {}),
             )
-        except KeyError as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise CorruptFileError(
-                f"{path!r} lacks the entry {exc}; the file is incomplete"
+                f"{path!r} is incomplete or malformed ({type(exc).__name__}: {exc}); "
+                "re-create it with ScanResult.save()."
             ) from None
 
     # ------------------------------------------------------------------ helpers
