@@ -1,0 +1,136 @@
+"""Private helpers of :mod:`neuronsplit.plan`: index parsing, read-only meta, layer checks."""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from torch import nn
+
+from .errors import PlanError, UnsupportedLayerError
+
+
+def _fmt_indices(indices: Iterable[int], limit: int = 12) -> str:
+    """Format sorted integers compactly as ``0-3, 7, 9`` (why: plans can hold thousands)."""
+    values = sorted(set(indices))
+    runs: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        runs.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    if len(runs) > limit:
+        return ", ".join(runs[:limit]) + f", ... ({len(values)} in all)"
+    return ", ".join(runs)
+
+
+def _as_index(value: Any, what: str) -> int:
+    """Convert ``value`` to a non-negative Python int, refusing bools, floats and strings."""
+    if isinstance(value, bool):
+        raise PlanError(f"{what} must be an int, got the bool {value!r}")
+    try:
+        out = operator.index(value)  # accepts int, numpy ints, 0-d integer tensors
+    except TypeError:
+        raise PlanError(f"{what} must be an int, got {type(value).__name__} {value!r}") from None
+    if out < 0:
+        raise PlanError(f"{what} must be >= 0, got {out}")
+    return out
+
+
+def _as_index_tuple(values: Any, what: str) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise PlanError(f"{what} must be a sequence of ints, got {type(values).__name__}")
+    return tuple(_as_index(v, f"{what} entry") for v in values)
+
+
+class _FrozenMeta(Mapping[str, Any]):
+    """Read-only, hashable, picklable mapping holding JSON-compatible plan metadata."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        try:
+            # a JSON round trip both copies and proves that to_json() will work later
+            plain = json.loads(json.dumps(dict(data or {}), allow_nan=False))
+        except (TypeError, ValueError) as err:
+            raise PlanError(f"plan meta must be JSON-serialisable (str keys): {err}") from err
+        object.__setattr__(self, "_data", {k: _freeze(v) for k, v in plain.items()})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(_thaw(self), sort_keys=True))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and _thaw(self) == _thaw(other)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("plan meta is read-only; build a new SplitPlan with other meta")
+
+    def __repr__(self) -> str:
+        return repr(_thaw(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_FrozenMeta, (_thaw(self),))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _FrozenMeta(value)
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _check_plain_forward(layer: nn.Module, name: str) -> None:
+    """Refuse Conv2d/Linear subclasses whose forward is not the plain conv/matmul."""
+    base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+    custom = type(layer).forward is not base.forward
+    if base is nn.Conv2d:
+        custom = custom or type(layer)._conv_forward is not nn.Conv2d._conv_forward
+    if custom:
+        # e.g. timm's StdConv2d standardises weights per output row, Conv2dSame pads
+        # dynamically: a plain Conv2d with masked rows would not reproduce them
+        raise UnsupportedLayerError(
+            f"layer {name!r} is a {type(layer).__name__}, a {base.__name__} subclass with its "
+            f"own forward; neuronsplit splits only plain {base.__name__} computations. Split a "
+            "plain layer next to it instead."
+        )
+
+
+def _check_plain(model: nn.Module, layer: nn.Module, name: str) -> None:
+    """Refuse layers whose forward is not the plain conv/matmul the split reproduces, and
+    layers whose parent bypasses their forward."""
+    _check_plain_forward(layer, name)
+    parent_name = name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.MultiheadAttention):
+        raise UnsupportedLayerError(
+            f"layer {name!r} belongs to nn.MultiheadAttention, which reads its weights directly "
+            "instead of calling it, so a split version would be bypassed"
+        )
+
+
+def _n_inputs_outputs(layer: nn.Module) -> tuple[int, int]:
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels, layer.out_channels
+    return layer.in_features, layer.out_features  # nn.Linear (check_supported ran before)

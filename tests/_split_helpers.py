@@ -1,0 +1,87 @@
+"""Helpers shared by the plan/surgery/verify/io tests (not a test module)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronsplit.plan import UnitSplit
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything a public call must leave unchanged on a user's model."""
+    return {
+        "params": {k: (p.detach().clone(), p.requires_grad) for k, p in model.named_parameters()},
+        "param_ids": {k: id(p) for k, p in model.named_parameters()},
+        "buffers": {k: b.detach().clone() for k, b in model.named_buffers()},
+        "modules": {k: (type(m), m.training) for k, m in model.named_modules()},
+        "hooks": {
+            k: tuple(len(getattr(m, d, {})) for d in _HOOK_DICTS) for k, m in model.named_modules()
+        },
+    }
+
+
+def assert_unchanged(model: nn.Module, snap: dict[str, Any]) -> None:
+    now = snapshot(model)
+    assert now["modules"] == snap["modules"], "module types or training flags changed"
+    assert now["hooks"] == snap["hooks"], "hooks were added or removed"
+    assert now["param_ids"] == snap["param_ids"], "parameter objects were replaced"
+    assert now["params"].keys() == snap["params"].keys()
+    for k, (p, rg) in snap["params"].items():
+        q, rg2 = now["params"][k]
+        assert rg == rg2, f"requires_grad of {k} changed"
+        assert torch.equal(p, q), f"parameter {k} changed"
+    assert now["buffers"].keys() == snap["buffers"].keys()
+    for k, b in snap["buffers"].items():
+        assert torch.equal(b, now["buffers"][k]), f"buffer {k} changed"
+
+
+def random_split(
+    rng: random.Random, layer: str, unit: int, n_inputs: int, k: int, merge: str
+) -> UnitSplit:
+    """Random assignment of every input to one of K groups or to shared."""
+    slots = [rng.randrange(k + 1) for _ in range(n_inputs)]  # slot k == shared
+    groups = [[i for i, s in enumerate(slots) if s == g] for g in range(k)]
+    shared = [i for i, s in enumerate(slots) if s == k]
+    return UnitSplit(layer, unit, groups, shared=shared, merge=merge)
+
+
+def layer_sizes(layer: nn.Module) -> tuple[int, int]:
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels, layer.out_channels
+    return layer.in_features, layer.out_features
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|a|, computed in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-300))
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics/affine and LayerScale gammas (timm zero-inits some of them,
+    which would hide a wrong split from the model output)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            elif type(m).__name__ == "LayerScale":
+                m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) + 0.5)
+    return model
