@@ -1,0 +1,609 @@
+"""Captum attribution of what flows through one subunit: :class:`Disentangle`.
+
+Definition (conditional attribution in the sense of concept relevance propagation)
+--------------------------------------------------------------------------------------
+Let ``A`` be the output of the split layer's ``.subunits`` child (all units, then the extra
+subunit rows), ``c`` the channel of a subunit ``s`` of unit ``u``, and ``y`` the target output.
+The merge gives ``z_u = sum_c coef_c A_c``, so ``dy/dA_c = coef_c * dy/dz_u``.
+
+* **Relevance of the subunit at the layer** (``relevance="grad_x_act"``, the default):
+  ``R_s = sum_positions A_c * dy/dA_c = coef_c * A_c * dy/dz_u``, its share of the unit's
+  gradient x activation relevance ``R_u = z_u * dy/dz_u``. Because the merge is linear,
+  ``sum_{c in u} R_c = R_u`` for both merge forms (the overlap residual enters with its
+  negative coefficient ``-(K-1)``).
+* **Input attribution**: the gradient at ``A`` is masked to channel ``c`` (for a Conv2d at all
+  positions), propagated to the input, and multiplied by the input:
+  ``attr = x * d(sum_pos A_c * stopgrad(dy/dA_c)) / dx``. On a ReLU network without biases
+  every ``A_c`` is positively homogeneous in ``x``, so ``sum attr = R_s`` exactly (Euler);
+  biases and non-homogeneous layers leave a gap, reported by the convergence delta
+  ``R_s - sum attr``. The backward starts at ``A``, so relevance never leaks into branches
+  that bypass the split layer (zennit-crp's ``exclude_parallel``).
+* **Zennit** (``relevance=<zennit Composite>``): the same masked backward runs in Zennit's
+  modified graph, seeded with the target logit (``y`` itself, so LRP-0 equals gradient x
+  input). ``IndexMerge`` is not a Zennit-ruled module, and plain gradients through its
+  index-add (coefficient ``-(K-1)``) are not an LRP rule, so during the call every merge gets
+  Zennit's ``Norm`` rule (epsilon rule without parameters): ``R_c = coef_c A_c / z_u * R_u``.
+  Hooks and canonizers are registered only for the duration of a call and removed in
+  ``finally``.
+
+Sums: the input attributions of all subunits of a unit (including the residual) add up to the
+unit's conditional attribution, computed by :meth:`Disentangle.attribute_unit` directly at
+the merged output (identical to the unsplit model's), in both merge forms and both backends.
+
+Examples
+--------
+>>> import torch
+>>> from torch import nn
+>>> from neuronsplit.plan import SplitPlan, UnitSplit
+>>> torch.manual_seed(0) and None
+>>> model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+>>> plan = SplitPlan([UnitSplit("0", 1, [[0, 1], [2]], shared=[3], merge="partition")])
+>>> dis = Disentangle(model, plan)
+>>> x = torch.rand(5, 4)
+>>> attr, delta = dis.attribute(x, target=0, subunit=("0", 1, 0), return_convergence_delta=True)
+>>> attr.shape, bool(delta.abs().max() < 1e-5)
+(torch.Size([5, 4]), True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import torch
+from captum.attr import GradientAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from .errors import (
+    InputShapeError,
+    PlanMismatchError,
+    UnknownLayerError,
+    UnsupportedLayerError,
+)
+from .neurons import (
+    RESIDUAL,
+    SubunitLike,
+    SubunitRef,
+    TargetLike,
+    format_args,
+    format_inputs,
+    resolve_subunit,
+    select_target,
+    subunit_channel,
+    subunit_layer,
+    subunit_refs,
+    subunit_selector,
+)
+from .plan import SplitPlan
+from .surgery import IndexMerge, SplitConv2d, SplitLinear, apply_plan, iter_split_layers, plan_of
+
+__all__ = [
+    "Disentangle",
+    "UnitAttribution",
+    "SubunitRef",
+    "RESIDUAL",
+    "subunit_layer",
+    "subunit_selector",
+    "subunit_channel",
+    "subunit_refs",
+]
+
+TensorOrTuple = TypeVar("TensorOrTuple", Tensor, tuple[Tensor, ...])
+
+# Substrings of PyTorch's messages for inputs that do not fit a layer (why: a wrong input shape
+# surfaces as a RuntimeError deep inside the model; we re-raise it as a typed error, but leave
+# unrelated RuntimeErrors of user modules alone).
+_SHAPE_WORDS = ("shape", "size", "mat1 and mat2", "dimension", "channels", "expected input")
+
+
+def _sum_per_sample(tensors: Sequence[Tensor]) -> Tensor:
+    return sum(t.reshape(t.shape[0], -1).sum(1) for t in tensors)  # type: ignore[return-value]
+
+
+def _channel_sum(tensor: Tensor, dim: int, channel: int) -> Tensor:
+    picked = tensor.select(dim, channel)
+    return picked.reshape(picked.shape[0], -1).sum(1)
+
+
+def _masked(grad: Tensor, dim: int, channel: int) -> Tensor:
+    seed = torch.zeros_like(grad)
+    seed.select(dim, channel).copy_(grad.select(dim, channel))
+    return seed
+
+
+# --------------------------------------------------------------------------------------------
+# relevance backends
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Backend:
+    composite: Any = None  # None: gradient x activation
+    canonizers: tuple[Any, ...] = ()
+
+    @property
+    def zennit(self) -> bool:
+        return self.composite is not None
+
+    def describe(self) -> str:
+        return f"zennit:{type(self.composite).__name__}" if self.zennit else "grad_x_act"
+
+
+def _backend(relevance: Any) -> _Backend:
+    if isinstance(relevance, str):
+        if relevance == "grad_x_act":
+            return _Backend()
+        raise ValueError(
+            f"unknown relevance {relevance!r}; use 'grad_x_act' or a zennit Composite such as "
+            "zennit.composites.EpsilonPlusFlat()"
+        )
+    from zennit.core import Composite
+
+    from .relevance import GradXAct, Zennit
+
+    if isinstance(relevance, GradXAct):
+        return _Backend()
+    if isinstance(relevance, Zennit):
+        return _Backend(relevance.composite, tuple(relevance.canonizers))
+    if isinstance(relevance, Composite):
+        return _Backend(relevance)
+    raise ValueError(
+        f"relevance must be 'grad_x_act', a zennit Composite or neuronsplit.Zennit(...), got "
+        f"{type(relevance).__name__}"
+    )
+
+
+class _Recorder:
+    """Forward hooks that keep the (last) output of ``.subunits`` and ``.merge``."""
+
+    def __init__(self) -> None:
+        self.inter: list[Tensor] = []
+        self.out: list[Tensor] = []
+
+    def hook_inter(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        self.inter.append(output)
+
+    def hook_out(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        self.out.append(output)
+
+    def tensors(self, name: str) -> tuple[Tensor, Tensor]:
+        if len(self.inter) != 1 or len(self.out) != 1:
+            raise UnsupportedLayerError(
+                f"split layer {name!r} ran {len(self.inter)} times in one forward pass; "
+                "Disentangle needs it to run exactly once (a module reused in several places "
+                "cannot be attributed per use)"
+            )
+        return self.inter[0], self.out[0]
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Raw:
+    attrs: list[tuple[Tensor, ...]]  # per requested channel, one tensor per input
+    relevance: Tensor  # (B, n_channels)
+    unit_attr: tuple[Tensor, ...] | None
+    unit_relevance: Tensor | None
+
+
+@dataclass(frozen=True)
+class UnitAttribution:
+    """Per-subunit input attributions of one unit, from :meth:`Disentangle.attribute_unit`.
+
+    Attributes
+    ----------
+    refs : tuple of SubunitRef
+        The subunits in order: ``k = 0..K-1``, then the residual (an unsplit unit: just
+        ``k=0``, the unit itself).
+    subunits : Tensor or tuple of Tensor
+        Stacked attributions, shape ``(S, *input.shape)`` per input (``S = len(refs)``), with
+        the inputs' tuple-ness.
+    unit : Tensor or tuple of Tensor
+        The unit's own conditional attribution, computed at the merged output (equal to the
+        unsplit model's); ``subunits.sum(0)`` equals it up to float rounding.
+    relevance : Tensor
+        ``(B, S)`` relevance of each subunit at the layer.
+    unit_relevance : Tensor
+        ``(B,)`` relevance of the unit at the layer (``relevance.sum(1)`` up to rounding).
+    delta : Tensor
+        ``(B, S)``: ``relevance - sum(attributions)`` per subunit (completeness gap).
+    """
+
+    refs: tuple[SubunitRef, ...]
+    subunits: Tensor | tuple[Tensor, ...]
+    unit: Tensor | tuple[Tensor, ...]
+    relevance: Tensor
+    unit_relevance: Tensor
+    delta: Tensor = field(repr=False)
+
+
+# --------------------------------------------------------------------------------------------
+# the attribution class
+# --------------------------------------------------------------------------------------------
+def _prepare_model(model: nn.Module, plan: SplitPlan | None) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"Disentangle needs an nn.Module (a split model, or a model plus a plan), got "
+            f"{type(model).__name__}"
+        )
+    is_split = any(True for _ in iter_split_layers(model))
+    if plan is None:
+        if not is_split:
+            raise PlanMismatchError(
+                f"{type(model).__name__} contains no split layers and no plan was given; use "
+                "Disentangle(model, plan) or Disentangle(neuronsplit.apply_plan(model, plan))"
+            )
+        return model
+    if not isinstance(plan, SplitPlan):
+        raise TypeError(f"plan must be a SplitPlan, got {type(plan).__name__}")
+    if is_split:
+        if plan_of(model).splits != plan.splits:
+            raise PlanMismatchError(
+                f"{type(model).__name__} is already split with a different plan "
+                f"({plan_of(model)!r}); pass the unsplit model with the plan, or the split "
+                "model without one"
+            )
+        return model
+    try:
+        return apply_plan(model, plan)
+    except (UnknownLayerError, UnsupportedLayerError) as err:
+        raise PlanMismatchError(
+            f"the plan does not fit {type(model).__name__} (is it a plan for another model?): {err}"
+        ) from err
+
+
+class Disentangle(GradientAttribution):
+    """Input attribution of what flows through one subunit of a split model.
+
+    A ``captum.attr.GradientAttribution``: input-shaped results with the inputs' tuple-ness,
+    ``attribute`` decorated with ``captum.log.log_usage``, convergence delta on request. The
+    exact definition is in the module docstring.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A split model (from :func:`neuronsplit.apply_plan`), used as is, or an unsplit model
+        together with ``plan`` (then a split deep copy is made; ``model`` is untouched).
+    plan : SplitPlan, optional
+        The plan to apply to an unsplit ``model``.
+    relevance : "grad_x_act" or zennit Composite or neuronsplit.Zennit, default "grad_x_act"
+        Gradient x activation (seeded with 1 at the target, as Captum does) or Zennit LRP
+        (seeded with the target logit, so LRP-0 reproduces gradient x activation).
+    merge_epsilon : float, default 1e-9
+        Stabilizer of the ``Norm`` rule given to the merges on the Zennit path.
+
+    Raises
+    ------
+    PlanMismatchError
+        No split layers and no plan, a plan that does not fit ``model``, or a split model with
+        a different plan.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from neuronsplit.plan import SplitPlan, UnitSplit
+    >>> model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
+    ...                       nn.Linear(3 * 4 * 4, 2))
+    >>> dis = Disentangle(model, SplitPlan([UnitSplit("0", 1, [[0], [1]])]))
+    >>> x = torch.rand(2, 2, 4, 4)
+    >>> dis.attribute(x, target=1, subunit=SubunitRef("0", 1, "residual")).shape
+    torch.Size([2, 2, 4, 4])
+    >>> res = dis.attribute_unit(x, target=1, layer="0", unit=1)
+    >>> [str(r) for r in res.refs], torch.allclose(res.subunits.sum(0), res.unit, atol=1e-6)
+    (['0/u1/k0', '0/u1/k1', '0/u1/residual'], True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: SplitPlan | None = None,
+        *,
+        relevance: Any = "grad_x_act",
+        merge_epsilon: float = 1e-9,
+    ) -> None:
+        split = _prepare_model(model, plan)
+        self._backend = _backend(relevance)
+        self.merge_epsilon = float(merge_epsilon)
+        GradientAttribution.__init__(self, split)
+
+    @property
+    def model(self) -> nn.Module:
+        """The split model attributions are computed on."""
+        return self.forward_func
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """True: gradient x input (LRP relevance likewise contains the input factor)."""
+        return True
+
+    def has_convergence_delta(self) -> bool:
+        """True: see :meth:`compute_convergence_delta`."""
+        return True
+
+    def subunits(self, layer: str | None = None) -> list[SubunitRef]:
+        """Every subunit of the split model (or of one split layer), in plan order."""
+        return subunit_refs(self.model, layer)
+
+    # ---------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _session(self, split: SplitConv2d | SplitLinear) -> Iterator[_Recorder]:
+        """Register relevance hooks and recorders; everything is undone on exit (also on error)."""
+        model, backend = self.model, self._backend
+        recorder = _Recorder()
+        with contextlib.ExitStack() as stack:
+            if backend.zennit:
+                from zennit.rules import Norm
+
+                for canonizer in backend.canonizers:
+                    for handle in canonizer.apply(model):
+                        stack.callback(handle.remove)
+                merges = [m for m in model.modules() if isinstance(m, IndexMerge)]
+                before = {id(m): len(m._forward_pre_hooks) for m in merges}
+                stack.callback(backend.composite.remove)  # first, so a failed register is undone
+                backend.composite.register(model)
+                for merge in merges:
+                    # a composite that already rules the merge wins; otherwise the Norm rule
+                    # (epsilon rule for a parameter-free linear map) distributes R_u to the rows
+                    if len(merge._forward_pre_hooks) == before[id(merge)]:
+                        rule = Norm(stabilizer=self.merge_epsilon)
+                        handles = rule.register(merge)
+                        stack.callback(handles.remove)
+            # registered last, so they see the tensors after Zennit's own forward hooks
+            h1 = split.subunits.register_forward_hook(recorder.hook_inter)
+            stack.callback(h1.remove)
+            h2 = split.merge.register_forward_hook(recorder.hook_out)
+            stack.callback(h2.remove)
+            yield recorder
+
+    def _forward(self, xs: tuple[Tensor, ...], args: tuple[Any, ...]) -> Tensor:
+        try:
+            return self.model(*xs, *args)
+        except RuntimeError as err:
+            text = str(err).lower()
+            if any(word in text for word in _SHAPE_WORDS):
+                shapes = ", ".join(str(tuple(x.shape)) for x in xs)
+                raise InputShapeError(
+                    f"inputs of shape {shapes} do not fit {type(self.model).__name__}: {err}"
+                ) from err
+            raise
+
+    def _run(
+        self,
+        inputs: Any,
+        target: TargetLike,
+        additional_forward_args: Any,
+        layer_name: str,
+        split: SplitConv2d | SplitLinear,
+        channels: Sequence[int],
+        *,
+        unit: int | None = None,
+        with_attributions: bool = True,
+    ) -> _Raw:
+        _, originals = format_inputs(inputs)
+        args = format_args(additional_forward_args)
+        dim, zennit = split.merge.dim, self._backend.zennit
+        with torch.enable_grad(), self._session(split) as recorder:
+            # leaf copies: the caller's tensors keep their requires_grad flags and graphs
+            xs = tuple(x.detach().clone().requires_grad_(True) for x in originals)
+            output = self._forward(xs, args)
+            inter, out = recorder.tensors(layer_name)
+            y = select_target(output, target)
+            seed = y.detach() if zennit else torch.ones_like(y)
+            g_inter, g_out = torch.autograd.grad(
+                y, (inter, out), grad_outputs=seed, retain_graph=True, allow_unused=True
+            )
+            g_inter = torch.zeros_like(inter) if g_inter is None else g_inter
+            g_out = torch.zeros_like(out) if g_out is None else g_out
+            # under Zennit the (modified) gradient at a tensor already is its relevance
+            rel_inter = g_inter if zennit else inter.detach() * g_inter
+            relevance = torch.stack([_channel_sum(rel_inter, dim, c) for c in channels], 1)
+            unit_relevance = None
+            if unit is not None:
+                rel_out = g_out if zennit else out.detach() * g_out
+                unit_relevance = _channel_sum(rel_out, dim, unit)
+
+            def to_inputs(tensor: Tensor, grad: Tensor, channel: int) -> tuple[Tensor, ...]:
+                grads = torch.autograd.grad(
+                    tensor, xs, _masked(grad, dim, channel), retain_graph=True, allow_unused=True
+                )
+                return tuple(
+                    torch.zeros_like(x) if g is None else (g if zennit else x.detach() * g)
+                    for x, g in zip(xs, grads, strict=True)
+                )
+
+            attrs: list[tuple[Tensor, ...]] = []
+            unit_attr = None
+            if with_attributions:
+                attrs = [to_inputs(inter, g_inter, c) for c in channels]
+                if unit is not None:
+                    unit_attr = to_inputs(out, g_out, unit)
+        return _Raw(attrs, relevance.detach(), unit_attr, unit_relevance)
+
+    # ---------------------------------------------------------------------------------------
+    @typing.overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetLike = None,
+        additional_forward_args: Any = None,
+        *,
+        subunit: SubunitLike,
+        return_convergence_delta: Literal[False] = False,
+    ) -> TensorOrTuple: ...
+
+    @typing.overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetLike = None,
+        additional_forward_args: Any = None,
+        *,
+        subunit: SubunitLike,
+        return_convergence_delta: Literal[True],
+    ) -> tuple[TensorOrTuple, Tensor]: ...
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetLike = None,
+        additional_forward_args: Any = None,
+        *,
+        subunit: SubunitLike,
+        return_convergence_delta: bool = False,
+    ) -> TensorOrTuple | tuple[TensorOrTuple, Tensor]:
+        """Input attribution of the relevance that flows through one subunit.
+
+        Parameters
+        ----------
+        inputs : Tensor or tuple of Tensor
+            Batch on dim 0. The result has the same tuple-ness and shapes.
+        target : int, tuple, Tensor, list or None
+            Captum's target conventions: one output index for all samples (an int or a 0-d
+            tensor, as Captum Insights passes it), one per sample (list or 1-d tensor), tuples
+            for multi-dimensional outputs, ``None`` for one output per sample.
+        additional_forward_args : Any, optional
+            Extra positional arguments of the model, appended after the inputs.
+        subunit : SubunitRef or (layer, unit, k) or str
+            The subunit; ``k=-1`` or ``"residual"`` is the residual, ``k=0`` of an unsplit
+            unit the unit itself.
+        return_convergence_delta : bool, default False
+            Also return ``R_s - sum(attributions)`` per sample.
+
+        Returns
+        -------
+        Tensor or tuple of Tensor, optionally with the delta ``(B,)``
+
+        Raises
+        ------
+        UnknownSubunitError
+            The subunit does not exist (the message lists the valid ones).
+        InvalidTargetError
+            The target is out of range or does not fit the batch.
+        InputShapeError
+            Inputs that are not float tensors with a common batch size, or do not fit the model.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> from neuronsplit.plan import SplitPlan, UnitSplit
+        >>> m = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+        >>> dis = Disentangle(m, SplitPlan([UnitSplit("0", 0, [[0], [1]], shared=[2])]))
+        >>> attrs = dis.attribute((torch.rand(4, 3),), target=1, subunit="0/u0/k1")
+        >>> type(attrs).__name__, attrs[0].shape
+        ('tuple', torch.Size([4, 3]))
+        """
+        is_tuple, _ = format_inputs(inputs)
+        ref = SubunitRef.coerce(subunit)
+        split, channel = resolve_subunit(self.model, ref)
+        raw = self._run(inputs, target, additional_forward_args, ref.layer, split, [channel])
+        attrs = raw.attrs[0]
+        result = attrs if is_tuple else attrs[0]
+        if return_convergence_delta:
+            return result, raw.relevance[:, 0] - _sum_per_sample(attrs)  # type: ignore[return-value]
+        return result  # type: ignore[return-value]
+
+    @log_usage()
+    def attribute_unit(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetLike = None,
+        additional_forward_args: Any = None,
+        *,
+        layer: str,
+        unit: int,
+    ) -> UnitAttribution:
+        """Attributions of every subunit of ``unit`` plus the unit's own, from one forward pass.
+
+        Parameters
+        ----------
+        inputs, target, additional_forward_args
+            As in :meth:`attribute`.
+        layer : str
+            The split layer.
+        unit : int
+            The unit; if it is not split, its only "subunit" is the unit itself.
+
+        Returns
+        -------
+        UnitAttribution
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> from neuronsplit.plan import SplitPlan, UnitSplit
+        >>> m = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+        >>> plan = SplitPlan([UnitSplit("0", 0, [[0], [1]], shared=[2], merge="partition")])
+        >>> res = Disentangle(m, plan).attribute_unit(torch.rand(4, 3), target=0, layer="0", unit=0)
+        >>> res.subunits.shape, torch.allclose(res.relevance.sum(1), res.unit_relevance, atol=1e-6)
+        (torch.Size([3, 4, 3]), True)
+        """
+        is_tuple, _ = format_inputs(inputs)
+        split, _ = resolve_subunit(self.model, SubunitRef(layer, unit, 0))
+        if unit in split.split_units:
+            refs = tuple(r for r in subunit_refs(self.model, layer) if r.unit == unit)
+        else:
+            refs = (SubunitRef(layer, unit, 0),)
+        channels = [resolve_subunit(self.model, r)[1] for r in refs]
+        raw = self._run(
+            inputs, target, additional_forward_args, layer, split, channels, unit=int(unit)
+        )
+        n_inputs = len(raw.attrs[0])
+        stacked = tuple(torch.stack([a[i] for a in raw.attrs]) for i in range(n_inputs))
+        sums = torch.stack([_sum_per_sample(a) for a in raw.attrs], 1)
+        unit_attr = typing.cast(tuple[Tensor, ...], raw.unit_attr)  # set because unit= was given
+        return UnitAttribution(
+            refs=refs,
+            subunits=stacked if is_tuple else stacked[0],
+            unit=unit_attr if is_tuple else unit_attr[0],
+            relevance=raw.relevance,
+            unit_relevance=typing.cast(Tensor, raw.unit_relevance).detach(),
+            delta=raw.relevance - sums,
+        )
+
+    @log_usage()
+    def compute_convergence_delta(  # type: ignore[override]
+        self,
+        attributions: Tensor | tuple[Tensor, ...],
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetLike = None,
+        additional_forward_args: Any = None,
+        *,
+        subunit: SubunitLike,
+    ) -> Tensor:
+        """Completeness gap ``R_s - sum(attributions)`` per sample.
+
+        ``R_s`` is the subunit's relevance at the layer (see the module docstring), recomputed
+        with one forward and one backward pass.
+
+        Parameters
+        ----------
+        attributions : Tensor or tuple of Tensor
+            From :meth:`attribute` with the same arguments.
+        inputs, target, additional_forward_args, subunit
+            As in :meth:`attribute`.
+
+        Returns
+        -------
+        Tensor
+            Shape ``(B,)``; zero up to rounding on ReLU networks without biases.
+        """
+        ref = SubunitRef.coerce(subunit)
+        split, channel = resolve_subunit(self.model, ref)
+        raw = self._run(
+            inputs,
+            target,
+            additional_forward_args,
+            ref.layer,
+            split,
+            [channel],
+            with_attributions=False,
+        )
+        attrs = attributions if isinstance(attributions, tuple) else (attributions,)
+        return raw.relevance[:, 0] - _sum_per_sample(attrs)

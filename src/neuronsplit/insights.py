@@ -1,0 +1,820 @@
+"""Captum Insights glue: compare unit and subunit attributions in the browser.
+
+Captum Insights shipped last in captum 0.8.0 (it was removed in 0.9.0), so it is an optional
+extra: ``pip install "neuronsplit[insights]"`` (captum==0.8.0, numpy<2, flask, flask-compress).
+Nothing here imports ``captum.insights`` at module import time.
+
+What this module adds, and which Insights hazards it handles (numbers refer to the ecosystem
+reference, section 3.6):
+
+* :func:`register` puts a :class:`~neuronsplit.Disentangle` method into Insights' two method
+  dicts *in place* (rebinding them would have no effect) and returns a handle that removes it
+  again. Insights constructs methods as ``cls(model)`` (1), so the class is made by a factory
+  that binds the split model and the subunit choices; it is called through
+  ``attribute.__wrapped__`` (2), so ``attribute`` is decorated with ``captum.log.log_usage``;
+  the target arrives as a 0-d tensor (10), which Disentangle accepts. One method with a
+  ``subunit`` drop-down (``"fc2/u3/k0"``, ..., ``"fc2/u3/residual"``, ``"fc2/u3/unit"``)
+  lets the user switch between the subunits and the whole unit.
+* :class:`SubunitImageFeature` replaces ``ImageFeature`` for greyscale inputs: Insights'
+  ``squeeze().permute(1, 2, 0)`` fails on 1-channel images (4), and an all-zero map makes
+  Captum's normalisation raise ``AssertionError`` (5) -- a subunit that is silent on an image
+  is the normal case here, so such maps are drawn as an empty heat map instead.
+* :func:`make_visualizer` refuses missing labels (6: Insights would loop forever), checks that
+  there is a class name for every model output and at least two outputs (8, 9), and bounds
+  ``visualize()`` to one pass over the data, so a UI filter that matches nothing returns an
+  empty page instead of hanging the request (7).
+* :func:`serve` runs Flask through ``werkzeug.serving.make_server`` in a **daemon** thread and
+  returns a handle with ``shutdown()``; Captum's own ``serve()`` starts a non-daemon thread and
+  keeps global state (12). It checks that the front end is built (13).
+
+Examples
+--------
+>>> from neuronsplit.insights import make_visualizer, serve  # doctest: +SKIP
+>>> with make_visualizer() as app, serve(app) as server:      # doctest: +SKIP
+...     print("open", server.url)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import itertools
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InvalidTargetError, MissingExtraError, PlanError
+from .neurons import SubunitRef, resolve_subunit, subunit_refs
+from .plan import SplitPlan
+from .surgery import iter_split_layers
+
+__all__ = [
+    "require_insights",
+    "frontend_built",
+    "SubunitImageFeature",  # noqa: F822 - built lazily by __getattr__
+    "InsightsRegistration",
+    "register",
+    "InsightsApp",
+    "make_visualizer",
+    "InsightsServer",
+    "serve",
+    "add_insights_parser",
+    "insights_main",
+]
+
+_INSTALL_HINT = (
+    'Captum Insights needs the insights extra: pip install "neuronsplit[insights]" '
+    "(captum==0.8.0 with numpy<2, flask and flask-compress; Insights was removed in captum 0.9.0)"
+)
+DEFAULT_METHOD_NAME = "Disentangle (subunits)"
+UNIT_CHOICE = "unit"  # suffix of the drop-down entry that attributes the whole unit
+_UNIT_RE = re.compile(r"^(?P<layer>.+)/u(?P<unit>\d+)/unit$")
+
+
+def require_insights() -> Any:
+    """Import and return ``captum.insights.attr_vis``; raise :class:`MissingExtraError` if absent.
+
+    Raises
+    ------
+    MissingExtraError
+        With the ``pip install`` line, when captum has no Insights (captum >= 0.9, or Flask or
+        flask-compress missing).
+
+    Examples
+    --------
+    >>> require_insights().__name__
+    'captum.insights.attr_vis'
+    """
+    try:
+        import captum.insights.attr_vis as attr_vis
+        import captum.insights.attr_vis.config  # noqa: F401 - the method dicts
+        import captum.insights.attr_vis.server  # noqa: F401 - the Flask app
+    except ImportError as err:
+        raise MissingExtraError(f"{_INSTALL_HINT}. Import failed with: {err}") from err
+    return attr_vis
+
+
+def _frontend_index() -> Path:
+    attr_vis = require_insights()
+    return Path(attr_vis.__file__).parent / "frontend" / "build" / "index.html"
+
+
+def frontend_built() -> bool:
+    """Whether the installed captum ships the pre-built Insights web front end.
+
+    The PyPI wheel of captum 0.8.0 contains it; a source install built without
+    ``BUILD_INSIGHTS=1`` does not, and then ``GET /`` fails with ``TemplateNotFound``.
+
+    Examples
+    --------
+    >>> isinstance(frontend_built(), bool)
+    True
+    """
+    return _frontend_index().is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# display of greyscale images and all-zero maps
+# --------------------------------------------------------------------------------------------
+def _to_hwc(t: Tensor) -> Any:
+    """``(1, C, H, W)``, ``(C, H, W)`` or ``(H, W)`` -> HWC numpy array with 3 channels."""
+    t = t.detach().float().cpu()
+    while t.dim() > 3 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() == 2:
+        t = t.unsqueeze(0)
+    if t.dim() != 3:
+        raise ValueError(f"expected an image tensor (C, H, W), got shape {tuple(t.shape)}")
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)  # greyscale: show as RGB
+    return t.permute(1, 2, 0).contiguous().numpy()
+
+
+def _figure_base64(fig: Any) -> str:
+    buffer = BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plain_figure(image: Any, title: str | None = None) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
+    ax.imshow(image, vmin=0, vmax=1, cmap="Greys" if image.ndim == 2 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:  # centred message instead of a heat map
+        ax.text(0.5, 0.5, title, ha="center", va="center", fontsize=36, color="0.4",
+                transform=ax.transAxes)  # fmt: skip
+    else:
+        ax.axis("off")
+    return fig
+
+
+def _make_feature_class() -> type:
+    from captum.attr import visualization as viz
+    from captum.insights.attr_vis.features import FeatureOutput, ImageFeature
+
+    class SubunitImageFeature(ImageFeature):
+        """An Insights ``ImageFeature`` that also shows greyscale images and all-zero maps.
+
+        Same constructor as ``captum.insights.attr_vis.features.ImageFeature``. Images and
+        attributions may have 1 or 3 channels; 1-channel ones are shown as grey RGB. A map
+        without any relevance (all zeros, e.g. a subunit silent on this image) is drawn as an
+        empty heat map titled "no relevance" instead of raising ``AssertionError``.
+        """
+
+        def visualize(self, attribution: Tensor, data: Tensor, contribution_frac: Any) -> Any:
+            if self.visualization_transform:
+                data = self.visualization_transform(data)
+            image, attr = _to_hwc(data), _to_hwc(attribution)
+            image = image.clip(0.0, 1.0) if image.max() <= 1.0 else image / 255.0
+            if not (attr != 0).any() or not torch.isfinite(torch.from_numpy(attr)).all():
+                orig_fig = _plain_figure(image)
+                attr_fig = _plain_figure(attr[..., 0] * 0.0, title="no relevance")
+            else:
+                orig_fig, _ = viz.visualize_image_attr(
+                    attr, image, method="original_image", use_pyplot=False
+                )
+                attr_fig, _ = viz.visualize_image_attr(
+                    attr, image, method="heat_map", sign="absolute_value", use_pyplot=False
+                )
+            return FeatureOutput(
+                name=self.name,
+                base=_figure_base64(orig_fig),
+                modified=_figure_base64(attr_fig),
+                type=self.visualization_type(),
+                contribution=contribution_frac,
+            )
+
+    return SubunitImageFeature
+
+
+def _feature_class() -> type:
+    cls = globals().get("SubunitImageFeature")
+    if cls is None:
+        require_insights()
+        cls = _make_feature_class()
+        globals()["SubunitImageFeature"] = cls  # cached: one class per process
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # SubunitImageFeature subclasses an Insights class, so it is built on first access only
+    if name == "SubunitImageFeature":
+        return _feature_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# registering Disentangle as an Insights method
+# --------------------------------------------------------------------------------------------
+def _choices(split_model: nn.Module, refs: Sequence[Any] | None) -> dict[str, Any]:
+    """Drop-down entry -> SubunitRef, or ``(layer, unit)`` for the whole unit (plan order).
+
+    Entries are ``str(ref)`` plus the plan's concept label if it has one, e.g.
+    ``"fc2/u2/k0 (class 0+4+6)"``; after each unit's subunits comes ``"fc2/u2/unit"``.
+    """
+    refs = [SubunitRef.coerce(r) for r in (refs if refs is not None else subunit_refs(split_model))]
+    if not refs:
+        raise PlanError("the model has no split units to show; apply a plan first")
+    units: dict[tuple[str, int], list[SubunitRef]] = {}
+    for ref in refs:
+        units.setdefault((ref.layer, ref.unit), []).append(ref)
+    out: dict[str, Any] = {}
+    for (layer, unit), members in units.items():
+        split, _ = resolve_subunit(split_model, members[0])  # raises for unknown subunits
+        labels = split.unit_split(unit).labels if unit in split.split_units else ()
+        for ref in members:
+            resolve_subunit(split_model, ref)
+            label = labels[ref.k] if labels and ref.k >= 0 else ""
+            out[f"{ref} ({label})" if label else str(ref)] = ref
+        out[f"{layer}/u{unit}/{UNIT_CHOICE}"] = (layer, unit)
+    return out
+
+
+def _lookup(choices: Mapping[str, Any], subunit: Any) -> Any:
+    """A drop-down entry, a canonical ``"layer/uN/kK"`` / ``"layer/uN/unit"`` string or a ref."""
+    if isinstance(subunit, str):
+        if subunit in choices:
+            return choices[subunit]
+        m = _UNIT_RE.match(subunit)
+        if m:
+            return (m["layer"], int(m["unit"]))
+    return SubunitRef.coerce(subunit)  # raises UnknownSubunitError with the accepted forms
+
+
+@dataclass
+class InsightsRegistration:
+    """Handle for a method registered in Captum Insights; :meth:`remove` undoes it.
+
+    Attributes
+    ----------
+    name : str
+        The method name shown in the Insights drop-down.
+    method : type
+        The registered class (a :class:`~neuronsplit.Disentangle` subclass).
+    choices : tuple of str
+        The values of its ``subunit`` argument.
+    """
+
+    name: str
+    method: type
+    choices: tuple[str, ...]
+    _removed: bool = field(default=False, repr=False)
+
+    def remove(self) -> None:
+        """Remove the method from both Insights dicts (idempotent)."""
+        if self._removed:
+            return
+        from captum.insights.attr_vis import config
+
+        if config.ATTRIBUTION_NAMES_TO_METHODS.get(self.name) is self.method:
+            del config.ATTRIBUTION_NAMES_TO_METHODS[self.name]
+            config.ATTRIBUTION_METHOD_CONFIG.pop(self.name, None)
+        self._removed = True
+
+    def __enter__(self) -> InsightsRegistration:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def register(
+    split_model: nn.Module,
+    *,
+    name: str = DEFAULT_METHOD_NAME,
+    subunits: Sequence[SubunitRef] | None = None,
+    relevance: Any = "grad_x_act",
+) -> InsightsRegistration:
+    """Register :class:`~neuronsplit.Disentangle` as a Captum Insights attribution method.
+
+    The method has one argument, ``subunit``, a drop-down with every subunit of every split
+    unit (``"<layer>/u<unit>/k<k>"``, ``".../residual"``) and the whole unit
+    (``".../unit"``, the unit's conditional attribution, equal to the sum over its subunits).
+    Insights constructs the class as ``cls(model)``; a split model passed that way is used,
+    any other model (e.g. the original next to the split one) is replaced by ``split_model``,
+    which computes the same function.
+
+    Parameters
+    ----------
+    split_model : nn.Module
+        A split model.
+    name : str
+        Name in the Insights method drop-down; must not be taken already.
+    subunits : sequence of SubunitRef, optional
+        Restrict the drop-down to these subunits (default: all).
+    relevance : "grad_x_act" or zennit Composite
+        Passed to :class:`~neuronsplit.Disentangle`.
+
+    Returns
+    -------
+    InsightsRegistration
+        Call ``.remove()`` (or use it as a context manager) to unregister.
+
+    Raises
+    ------
+    MissingExtraError
+        Without Captum Insights.
+    ValueError
+        If ``name`` is already registered.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from neuronsplit.plan import SplitPlan, UnitSplit
+    >>> from neuronsplit.surgery import apply_plan
+    >>> m = apply_plan(nn.Sequential(nn.Linear(2, 3)), SplitPlan([UnitSplit("0", 1, [[0], [1]])]))
+    >>> with register(m, name="Subunits (doctest)") as reg:
+    ...     reg.choices
+    ('0/u1/k0', '0/u1/k1', '0/u1/residual', '0/u1/unit')
+    """
+    require_insights()
+    from captum.insights.attr_vis import config
+    from captum.log import log_usage
+
+    from .attribution import Disentangle
+
+    if name in config.ATTRIBUTION_NAMES_TO_METHODS or name in config.ATTRIBUTION_METHOD_CONFIG:
+        raise ValueError(
+            f"an Insights method named {name!r} is already registered; remove it first "
+            "(registration.remove()) or pass another name="
+        )
+    bound = Disentangle(split_model, relevance=relevance)  # validates the model once
+    choices = _choices(bound.model, subunits)
+    default = next(iter(choices))
+
+    class InsightsDisentangle(Disentangle):
+        """Disentangle bound to one split model, constructed by Insights as ``cls(model)``."""
+
+        def __init__(self, model: nn.Module | None = None) -> None:
+            use = model if model is not None and any(iter_split_layers(model)) else bound.model
+            Disentangle.__init__(self, use, relevance=relevance)
+
+        @log_usage()
+        def attribute(  # type: ignore[override]
+            self,
+            inputs: Any,
+            target: Any = None,
+            additional_forward_args: Any = None,
+            *,
+            subunit: str = default,
+            return_convergence_delta: bool = False,
+        ) -> Any:
+            choice = _lookup(choices, subunit)
+            if isinstance(choice, tuple) and len(choice) == 2:
+                res = Disentangle.attribute_unit(
+                    self, inputs, target, additional_forward_args, layer=choice[0], unit=choice[1]
+                )
+                return res.unit
+            return Disentangle.attribute.__wrapped__(
+                self,
+                inputs,
+                target,
+                additional_forward_args,
+                subunit=choice,
+                return_convergence_delta=return_convergence_delta,
+            )
+
+    InsightsDisentangle.__name__ = InsightsDisentangle.__qualname__ = "Disentangle"
+    config.ATTRIBUTION_NAMES_TO_METHODS[name] = InsightsDisentangle
+    config.ATTRIBUTION_METHOD_CONFIG[name] = config.ConfigParameters(
+        params={"subunit": config.StrEnumConfig(value=default, limit=list(choices))},
+        help_info="Input attribution of the relevance flowing through one subunit "
+        "(neuronsplit.Disentangle); '.../unit' is the whole unit.",
+    )
+    return InsightsRegistration(name, InsightsDisentangle, tuple(choices))
+
+
+# --------------------------------------------------------------------------------------------
+# the demo visualizer
+# --------------------------------------------------------------------------------------------
+def _softmax(outputs: Tensor) -> Tensor:
+    return torch.softmax(outputs, dim=-1)
+
+
+def _zero_baseline(x: Tensor) -> Tensor:
+    return torch.zeros_like(x)
+
+
+def _cycle_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[Any]:
+    from captum.insights import Batch
+
+    batches = [
+        Batch(inputs=images[i : i + batch_size], labels=labels[i : i + batch_size])
+        for i in range(0, len(labels), batch_size)
+    ]
+    # endless: each "Fetch" in the UI shows new samples instead of Insights' stale cache
+    return itertools.cycle(batches)
+
+
+@dataclass
+class InsightsApp:
+    """A ready Captum ``AttributionVisualizer`` plus the registration to undo.
+
+    Attributes
+    ----------
+    visualizer : captum.insights.AttributionVisualizer
+        Serve it with :func:`serve`.
+    model : nn.Module
+        The split model shown (same function as the original).
+    plan : SplitPlan
+        Its plan.
+    registration : InsightsRegistration
+        The Disentangle method; :meth:`close` removes it.
+    """
+
+    visualizer: Any
+    model: nn.Module
+    plan: SplitPlan
+    registration: InsightsRegistration
+
+    @property
+    def method_name(self) -> str:
+        """Name of the Disentangle method in the Insights drop-down."""
+        return self.registration.name
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """Values of the method's ``subunit`` argument."""
+        return self.registration.choices
+
+    def close(self) -> None:
+        """Unregister the Disentangle method."""
+        self.registration.remove()
+
+    def __enter__(self) -> InsightsApp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _bounded_visualizer_class() -> type:
+    from captum.insights import AttributionVisualizer
+    from captum.log import log_usage
+
+    class BoundedAttributionVisualizer(AttributionVisualizer):
+        """``AttributionVisualizer`` whose ``visualize`` stops after ``max_batches`` batches.
+
+        Captum's loops until it has four examples that pass the UI filters; with a filter no
+        example matches (e.g. "correct" when every prediction is wrong, or a class that is
+        never predicted) it never returns and the request hangs. This one returns what it
+        found, possibly nothing.
+        """
+
+        max_batches: int = 1000
+
+        @log_usage()
+        def visualize(self) -> list[Any]:
+            self._outputs = []
+            for _ in range(max(1, int(self.max_batches))):
+                if len(self._outputs) >= self._config.num_examples:
+                    break
+                self._outputs.extend(self._get_outputs())
+            return [o[0] for o in self._outputs]
+
+    return BoundedAttributionVisualizer
+
+
+def _default_plan(model: nn.Module) -> SplitPlan:
+    try:
+        from .demo import demo_plan
+    except ImportError as err:  # pragma: no cover - demo.py ships with the package
+        raise PlanError(
+            "no default demo plan available (neuronsplit.demo.demo_plan missing); pass plan="
+        ) from err
+    return demo_plan(model)[2]
+
+
+def make_visualizer(
+    model: nn.Module | None = None,
+    plan: SplitPlan | None = None,
+    *,
+    images: Tensor | None = None,
+    labels: Tensor | None = None,
+    classes: Sequence[str] | None = None,
+    batch_size: int = 4,
+    relevance: Any = "grad_x_act",
+    method_name: str = DEFAULT_METHOD_NAME,
+    cache_dir: str | None = None,
+) -> InsightsApp:
+    """Build a Captum Insights visualizer of a split model with Disentangle registered.
+
+    With no arguments: the demo model (:func:`neuronsplit.demo_model.get_demo_model`), the
+    plan from :func:`neuronsplit.demo.demo_plan`, and the digits test split. Captum's own
+    methods (Integrated Gradients, Saliency, ...) stay available next to the subunit method.
+
+    Parameters
+    ----------
+    model : nn.Module, optional
+        An unsplit model (then ``plan`` is applied to a copy) or a split model.
+    plan : SplitPlan, optional
+        Default for the demo model: ``neuronsplit.demo.demo_plan(model)``.
+    images, labels : Tensor, optional
+        Inputs ``(N, C, H, W)`` in [0, 1] and integer labels ``(N,)``; default the digits
+        test split. Labels are required (Insights skips unlabelled samples and then waits
+        forever).
+    classes : sequence of str, optional
+        One name per model output (default the digit names).
+    batch_size : int
+        Samples per dataset batch.
+    relevance : "grad_x_act" or zennit Composite
+        Backend of the Disentangle method.
+    method_name : str
+        Name of the Disentangle method in Insights.
+    cache_dir : str, optional
+        Cache of the demo model.
+
+    Returns
+    -------
+    InsightsApp
+        Close it (or use ``with``) to unregister the method.
+
+    Raises
+    ------
+    MissingExtraError
+        Without Captum Insights.
+    InvalidTargetError
+        Missing labels, labels out of range, too few class names, or a model with one output.
+
+    Examples
+    --------
+    >>> app = make_visualizer(model, plan)            # doctest: +SKIP
+    >>> sorted(app.visualizer.get_insights_config())  # doctest: +SKIP
+    ['classes', 'method_arguments', 'methods', 'selected_method']
+    >>> app.close()                                   # doctest: +SKIP
+    """
+    require_insights()
+    from .attribution import Disentangle
+    from .data import DIGIT_CLASSES, load_digits
+    from .surgery import plan_of
+
+    if model is None:
+        from .demo_model import get_demo_model
+
+        model = get_demo_model(cache_dir)
+    if plan is None and not any(iter_split_layers(model)):
+        plan = _default_plan(model)
+    split = Disentangle(model, plan).model  # applies and validates the plan
+    plan = plan_of(split)
+    if images is None:
+        if labels is not None:
+            raise InvalidTargetError("labels were given without images; pass both or neither")
+        data = load_digits("test")
+        images, labels = data.images, data.labels
+    if labels is None:
+        raise InvalidTargetError(
+            "Captum Insights needs a label for every image (it skips unlabelled samples and then "
+            "loops forever waiting for four); pass labels="
+        )
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or len(labels) != len(images) or labels.is_floating_point():
+        raise InvalidTargetError(
+            f"labels must be an integer tensor of shape ({len(images)},), got dtype "
+            f"{labels.dtype} and shape {tuple(labels.shape)}"
+        )
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    classes = list(DIGIT_CLASSES if classes is None else classes)
+    with torch.no_grad():
+        n_out = int(split(images[:1]).reshape(1, -1).shape[1])
+    if n_out < 2:
+        raise InvalidTargetError(
+            f"the model has {n_out} output; Insights needs one score per class (>= 2)"
+        )
+    if len(classes) < n_out:
+        raise InvalidTargetError(
+            f"{len(classes)} class names for {n_out} model outputs; give one name per output"
+        )
+    bad = labels[(labels < 0) | (labels >= len(classes))]
+    if bad.numel():
+        raise InvalidTargetError(
+            f"label {int(bad[0])} is out of range for {len(classes)} classes (0..{len(classes) - 1})"
+        )
+    feature = _feature_class()("Digit", baseline_transforms=[_zero_baseline], input_transforms=[])
+    registration = register(split, name=method_name, relevance=relevance)
+    try:
+        visualizer = _bounded_visualizer_class()(
+            models=[split],
+            classes=classes,
+            features=[feature],
+            dataset=_cycle_batches(images, labels, int(batch_size)),
+            score_func=_softmax,
+        )
+        # one pass over the data, then give up: a filter that matches nothing must not hang
+        visualizer.max_batches = -(-len(labels) // int(batch_size)) + 1
+    except BaseException:
+        registration.remove()
+        raise
+    return InsightsApp(visualizer, split, plan, registration)
+
+
+# --------------------------------------------------------------------------------------------
+# serving
+# --------------------------------------------------------------------------------------------
+@dataclass
+class InsightsServer:
+    """A running Insights server (daemon thread); :meth:`shutdown` stops it.
+
+    Attributes
+    ----------
+    host, port : str, int
+        Where it listens.
+    """
+
+    host: str
+    port: int
+    _server: Any = field(repr=False)
+    _thread: threading.Thread | None = field(repr=False)
+    _previous: Any = field(repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/``."""
+        return f"http://{self.host}:{self.port}/"
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop serving, close the socket and restore Insights' global visualizer."""
+        if self._stopped:
+            return
+        from captum.insights.attr_vis import server as server_module
+
+        self._stopped = True
+        try:
+            if self._thread is not None:
+                self._server.shutdown()
+                self._thread.join(timeout)
+        finally:
+            self._server.server_close()
+            server_module.visualizer = self._previous
+
+    def __enter__(self) -> InsightsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def serve(
+    app: InsightsApp | Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    blocking: bool = False,
+    quiet: bool = True,
+) -> InsightsServer:
+    """Serve Captum Insights for ``app`` without blocking (unless asked) and without globals leaking.
+
+    Parameters
+    ----------
+    app : InsightsApp or captum.insights.AttributionVisualizer
+        What to show.
+    host : str
+        Interface; the default serves only this machine.
+    port : int
+        ``0`` picks a free port (see ``InsightsServer.port``).
+    blocking : bool
+        Serve in this thread until interrupted (Ctrl+C), then shut down.
+    quiet : bool
+        Do not log every request.
+
+    Returns
+    -------
+    InsightsServer
+        Running in a daemon thread (so it never keeps the interpreter alive); call
+        ``shutdown()`` or use it as a context manager.
+
+    Raises
+    ------
+    MissingExtraError
+        Without Captum Insights, or when its web front end is not built.
+
+    Examples
+    --------
+    >>> with serve(make_visualizer()) as server:  # doctest: +SKIP
+    ...     print(server.url)
+    """
+    require_insights()
+    from captum.insights.attr_vis import server as server_module
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    if not frontend_built():
+        raise MissingExtraError(
+            f"the Captum Insights front end is not built in this captum install "
+            f"({_frontend_index()} is missing); install the captum 0.8.0 wheel from PyPI "
+            '(pip install "neuronsplit[insights]") or build it with BUILD_INSIGHTS=1'
+        )
+    visualizer = app.visualizer if isinstance(app, InsightsApp) else app
+
+    class _Handler(WSGIRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            if not quiet:
+                super().log_request(*args, **kwargs)
+
+    previous = server_module.visualizer
+    server_module.visualizer = visualizer  # Insights' routes read this module global
+    try:
+        wsgi = make_server(
+            host, int(port), server_module.app, threaded=True, request_handler=_Handler
+        )
+    except BaseException:
+        server_module.visualizer = previous
+        raise
+    wsgi.daemon_threads = True  # request threads must not keep the process alive either
+    if blocking:
+        handle = InsightsServer(host, int(wsgi.server_port), wsgi, None, previous)
+        try:
+            wsgi.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            handle.shutdown()
+        return handle
+    thread = threading.Thread(target=wsgi.serve_forever, name="neuronsplit-insights", daemon=True)
+    thread.start()
+    return InsightsServer(host, int(wsgi.server_port), wsgi, thread, previous)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+def add_insights_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``insights`` sub-command to the ``neuronsplit`` parser.
+
+    Sets ``func=insights_main`` as the default, so ``args.func(args)`` runs it.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser(prog="neuronsplit")
+    >>> _ = add_insights_parser(parser.add_subparsers(dest="command"))
+    >>> parser.parse_args(["insights", "--port", "8080"]).port
+    8080
+    """
+    parser = subparsers.add_parser(
+        "insights",
+        help="open Captum Insights on the demo model with subunit attributions (needs the "
+        "insights extra)",
+        description="Serve Captum Insights for the demo model and its split, with Disentangle "
+        "registered next to Captum's own methods.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument("--cache", default=None, help="model cache dir")
+    parser.add_argument(
+        "--plan", default=None, help="plan JSON file (default: neuronsplit.demo.demo_plan)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the visualizer, list the methods and exit without serving",
+    )
+    parser.set_defaults(func=insights_main)
+    return parser
+
+
+def insights_main(
+    args: argparse.Namespace | Mapping[str, Any], *, write: Callable[[str], Any] | None = None
+) -> int:
+    """Run ``neuronsplit insights``; returns the exit code.
+
+    Parameters
+    ----------
+    args : argparse.Namespace or mapping
+        ``host``, ``port``, ``cache``, ``plan`` (path or None) and ``dry_run``.
+    write : callable, optional
+        Where messages go (default ``sys.stdout.write``).
+    """
+    import sys
+
+    write = write or sys.stdout.write
+    opts = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    plan = SplitPlan.from_json(Path(opts["plan"])) if opts.get("plan") else None
+    with make_visualizer(plan=plan, cache_dir=opts.get("cache")) as app:
+        config = app.visualizer.get_insights_config()
+        write(f"methods: {', '.join(config['methods'])}\n")
+        write(f"subunits of {app.method_name!r}: {', '.join(app.choices)}\n")
+        if opts.get("dry_run"):
+            return 0
+        host, port = opts.get("host", "127.0.0.1"), int(opts.get("port") or 0)
+        with serve(app, host=host, port=port) as server:
+            write(f"Captum Insights at {server.url} (Ctrl+C to stop)\n")
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                write("stopping\n")
+    return 0

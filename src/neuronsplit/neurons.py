@@ -1,0 +1,538 @@
+"""Subunits as ordinary neurons: references, the hookable layer, Captum neuron selectors.
+
+A split layer (:class:`~neuronsplit.surgery.SplitConv2d` / :class:`~neuronsplit.surgery.SplitLinear`)
+computes every original unit and every extra subunit row in its child ``.subunits``, a plain
+``nn.Conv2d`` / ``nn.Linear`` that runs exactly once per forward pass. Captum's layer and neuron
+methods therefore address subunits as plain channels of that child; this module only translates
+a :class:`SubunitRef` into the channel index and a ``neuron_selector``. The last section holds
+Captum's conventions for the *output* neuron (``target``) and for inputs, used by
+:class:`~neuronsplit.Disentangle`.
+
+Examples
+--------
+>>> import torch
+>>> from torch import nn
+>>> from neuronsplit.plan import SplitPlan, UnitSplit
+>>> from neuronsplit.surgery import apply_plan
+>>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+>>> split = apply_plan(model, SplitPlan([UnitSplit("0", 1, [[0, 1], [2]], shared=[3])]))
+>>> ref = SubunitRef("0", 1, "residual")
+>>> ref, str(ref), subunit_channel(split, ref)
+(SubunitRef(layer='0', unit=1, k=-1), '0/u1/residual', 4)
+>>> subunit_selector(split, SubunitRef("0", 1, 1))
+3
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InputShapeError, InvalidTargetError, UnknownLayerError, UnknownSubunitError
+from .surgery import SplitConv2d, SplitLinear, get_split_layer, iter_split_layers
+
+__all__ = [
+    "RESIDUAL",
+    "SubunitRef",
+    "SubunitLike",
+    "subunit_channel",
+    "subunit_layer",
+    "subunit_refs",
+    "subunit_selector",
+    "resolve_subunit",
+    "TokenSumSelector",
+    "TargetLike",
+    "format_inputs",
+    "format_args",
+    "select_target",
+]
+
+#: ``k`` of the residual of a split unit (also accepted as the string ``"residual"``).
+RESIDUAL = -1
+
+_PARSE = re.compile(r"^(?P<layer>.+)/u(?P<unit>\d+)/(?:k(?P<k>\d+)|(?P<res>residual))$")
+
+
+def _as_int(value: Any, what: str, ref: Any) -> int:
+    if isinstance(value, bool):
+        raise UnknownSubunitError(f"{what} of subunit {ref!r} must be an int, got {value!r}")
+    try:
+        return operator.index(value)  # int, numpy ints, 0-d integer tensors
+    except TypeError:
+        raise UnknownSubunitError(
+            f"{what} of subunit {ref!r} must be an int, got {type(value).__name__} {value!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class SubunitRef:
+    """One subunit of a split unit: ``(layer, unit, k)``.
+
+    Parameters
+    ----------
+    layer : str
+        Dotted name of the split layer, as in the original model (e.g. ``"fc2"``).
+    unit : int
+        The original unit (output channel / feature) of that layer.
+    k : int or "residual"
+        Subunit number ``0 .. K-1``, or ``-1`` (:data:`RESIDUAL`) for the residual. The string
+        ``"residual"`` is normalised to ``-1``. For a unit that is *not* split, ``k=0`` refers
+        to the unit itself (its own channel), so unsplit units can be addressed the same way.
+
+    Examples
+    --------
+    >>> SubunitRef("layer4.2.conv3", 1660, 1)
+    SubunitRef(layer='layer4.2.conv3', unit=1660, k=1)
+    >>> SubunitRef.parse("fc2/u3/residual") == SubunitRef("fc2", 3, -1)
+    True
+    >>> SubunitRef.coerce(("fc2", 3, 0)).is_residual
+    False
+    """
+
+    layer: str
+    unit: int
+    k: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, str) or not self.layer:
+            raise UnknownSubunitError(
+                f"layer of a SubunitRef must be a non-empty dotted name, got {self.layer!r}"
+            )
+        unit = _as_int(self.unit, "unit", (self.layer, self.unit, self.k))
+        k = RESIDUAL if self.k == "residual" else _as_int(self.k, "k", (self.layer, unit, self.k))
+        if unit < 0 or k < RESIDUAL:
+            raise UnknownSubunitError(
+                f"subunit ({self.layer!r}, unit={unit}, k={k}) is invalid: unit must be >= 0 and "
+                "k >= 0, or k = -1 / 'residual' for the residual"
+            )
+        object.__setattr__(self, "unit", unit)
+        object.__setattr__(self, "k", k)
+
+    @property
+    def is_residual(self) -> bool:
+        """Whether this refers to the residual of the unit."""
+        return self.k == RESIDUAL
+
+    def __str__(self) -> str:
+        return f"{self.layer}/u{self.unit}/" + ("residual" if self.is_residual else f"k{self.k}")
+
+    @classmethod
+    def parse(cls, text: str) -> SubunitRef:
+        """Parse the ``str()`` form ``"<layer>/u<unit>/k<k>"`` or ``"<layer>/u<unit>/residual"``.
+
+        Raises
+        ------
+        UnknownSubunitError
+            If ``text`` does not have that form.
+
+        Examples
+        --------
+        >>> SubunitRef.parse("layer4.2.conv3/u1660/k1")
+        SubunitRef(layer='layer4.2.conv3', unit=1660, k=1)
+        """
+        m = _PARSE.match(text) if isinstance(text, str) else None
+        if m is None:
+            raise UnknownSubunitError(
+                f"cannot parse subunit {text!r}; expected '<layer>/u<unit>/k<k>' or "
+                "'<layer>/u<unit>/residual', e.g. 'fc2/u3/k0'"
+            )
+        k = RESIDUAL if m["res"] else int(m["k"])
+        return cls(m["layer"], int(m["unit"]), k)
+
+    @classmethod
+    def coerce(cls, value: SubunitLike) -> SubunitRef:
+        """Accept a :class:`SubunitRef`, a ``(layer, unit, k)`` tuple or the ``str()`` form.
+
+        Examples
+        --------
+        >>> SubunitRef.coerce("fc2/u0/k1")
+        SubunitRef(layer='fc2', unit=0, k=1)
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, tuple) and len(value) == 3:
+            return cls(*value)
+        raise UnknownSubunitError(
+            f"a subunit must be a SubunitRef, a (layer, unit, k) tuple or a string like "
+            f"'fc2/u3/k0'; got {type(value).__name__} {value!r}"
+        )
+
+
+SubunitLike = SubunitRef | tuple[str, int, int | str] | str
+
+
+def _split_layer(model: nn.Module, layer: str) -> SplitConv2d | SplitLinear:
+    try:
+        return get_split_layer(model, layer)
+    except UnknownLayerError as err:
+        names = [n for n, _ in iter_split_layers(model)]
+        raise UnknownSubunitError(
+            f"no split layer {layer!r} in {type(model).__name__}; split layers: "
+            f"{names[:10] or 'none (run neuronsplit.apply_plan first)'}"
+        ) from err
+
+
+def resolve_subunit(model: nn.Module, ref: SubunitLike) -> tuple[SplitConv2d | SplitLinear, int]:
+    """Return the split layer of ``ref`` and the channel of ``ref`` in its ``.subunits`` output.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A split model (from :func:`neuronsplit.apply_plan`).
+    ref : SubunitRef or (layer, unit, k) or str
+        The subunit. ``k=0`` of a unit that is not split is the unit's own channel.
+
+    Returns
+    -------
+    (SplitConv2d or SplitLinear, int)
+
+    Raises
+    ------
+    UnknownSubunitError
+        If the layer is not split, the unit is out of range, or ``k`` does not exist; the
+        message lists what does exist.
+    """
+    ref = SubunitRef.coerce(ref)
+    layer = _split_layer(model, ref.layer)
+    n_units = layer.original_out
+    if ref.unit >= n_units:
+        raise UnknownSubunitError(
+            f"unit {ref.unit} does not exist in layer {ref.layer!r}, which has {n_units} units "
+            f"(valid: 0..{n_units - 1}); split units: {list(layer.split_units)[:20]}"
+        )
+    if ref.unit not in layer.split_units:
+        if ref.k == 0:
+            return layer, ref.unit  # an unsplit unit is its own (only) subunit
+        raise UnknownSubunitError(
+            f"unit {ref.unit} of layer {ref.layer!r} is not split, so it has no subunit "
+            f"k={ref.k} (only k=0, the unit itself); split units: {list(layer.split_units)[:20]}"
+        )
+    if ref.is_residual:
+        return layer, layer.residual_index(ref.unit)
+    return layer, layer.subunit_index(ref.unit, ref.k)  # raises UnknownSubunitError for bad k
+
+
+def subunit_channel(model: nn.Module, ref: SubunitLike) -> int:
+    """Channel index of ``ref`` in the output of :func:`subunit_layer` (see :func:`resolve_subunit`).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from neuronsplit.plan import SplitPlan, UnitSplit
+    >>> from neuronsplit.surgery import apply_plan
+    >>> m = apply_plan(nn.Sequential(nn.Linear(2, 3)), SplitPlan([UnitSplit("0", 2, [[0], [1]])]))
+    >>> subunit_channel(m, ("0", 2, 0)), subunit_channel(m, ("0", 2, "residual"))
+    (2, 4)
+    """
+    return resolve_subunit(model, ref)[1]
+
+
+def subunit_refs(model: nn.Module, layer: str | None = None) -> list[SubunitRef]:
+    """Every subunit (``k = 0..K-1``, then the residual) of every split unit, in plan order.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A split model.
+    layer : str, optional
+        Restrict to this split layer.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from neuronsplit.plan import SplitPlan, UnitSplit
+    >>> from neuronsplit.surgery import apply_plan
+    >>> m = apply_plan(nn.Sequential(nn.Linear(2, 3)), SplitPlan([UnitSplit("0", 2, [[0], [1]])]))
+    >>> [str(r) for r in subunit_refs(m)]
+    ['0/u2/k0', '0/u2/k1', '0/u2/residual']
+    """
+    layers = [(layer, _split_layer(model, layer))] if layer else list(iter_split_layers(model))
+    refs: list[SubunitRef] = []
+    for name, split in layers:
+        for s in split.splits:
+            refs.extend(SubunitRef(name, s.unit, k) for k in range(s.num_subunits))
+            refs.append(SubunitRef(name, s.unit, RESIDUAL))
+    return refs
+
+
+def subunit_layer(split_model: nn.Module, layer_name: str) -> nn.Module:
+    """The module whose output holds the subunits of split layer ``layer_name`` as channels.
+
+    It is the ``.subunits`` child of the split layer: a plain ``nn.Conv2d`` (channels on
+    dim 1) or ``nn.Linear`` (features on the last dim) that runs exactly once per forward
+    pass, so every Captum layer and neuron method can take it as ``layer=``. Channels
+    ``0..C-1`` are the original units (for a split unit ``u``, channel ``u`` holds subunit 0);
+    the other subunits and residuals follow (see :func:`subunit_channel`).
+
+    Parameters
+    ----------
+    split_model : nn.Module
+        A split model.
+    layer_name : str
+        Dotted name of the split layer, e.g. ``"fc2"``.
+
+    Returns
+    -------
+    nn.Module
+
+    Raises
+    ------
+    UnknownSubunitError
+        If ``layer_name`` is not a split layer; the message lists the split layers.
+
+    Examples
+    --------
+    >>> from captum.attr import LayerActivation
+    >>> from torch import nn
+    >>> import torch
+    >>> from neuronsplit.plan import SplitPlan, UnitSplit
+    >>> from neuronsplit.surgery import apply_plan
+    >>> m = apply_plan(nn.Sequential(nn.Linear(2, 3)), SplitPlan([UnitSplit("0", 2, [[0], [1]])]))
+    >>> LayerActivation(m, subunit_layer(m, "0")).attribute(torch.ones(1, 2)).shape
+    torch.Size([1, 5])
+    """
+    return _split_layer(split_model, layer_name).subunits
+
+
+class TokenSumSelector:
+    """Captum neuron selector for token tensors ``(B, T, ..., D)``: channel ``c`` summed over tokens.
+
+    Parameters
+    ----------
+    channel : int
+        Channel on the last dimension.
+
+    Examples
+    --------
+    >>> import torch
+    >>> TokenSumSelector(1)(torch.ones(2, 5, 3))
+    tensor([5., 5.])
+    """
+
+    def __init__(self, channel: int) -> None:
+        self.channel = int(channel)
+
+    def __call__(self, output: Tensor) -> Tensor:
+        picked = output[..., self.channel]
+        return picked.reshape(picked.shape[0], -1).sum(1)
+
+    def __repr__(self) -> str:
+        return f"TokenSumSelector({self.channel})"
+
+
+Selector = int | tuple[int | slice, ...] | Callable[[Tensor], Tensor]
+TargetLike = int | tuple[int, ...] | Tensor | list[int] | list[tuple[int, ...]] | None
+
+
+def subunit_selector(
+    split_model: nn.Module,
+    ref: SubunitLike,
+    *,
+    ndim: int | None = None,
+    token: int | None = None,
+) -> Selector:
+    """A Captum ``neuron_selector`` for ``ref`` on :func:`subunit_layer` of its layer.
+
+    The selector picks the *whole* subunit, as :class:`~neuronsplit.Disentangle` does:
+
+    * Conv2d (output ``(B, C, H, W)``): ``(c, slice(None), slice(None))``. Captum sums a sliced
+      region per example, so this is the channel's total over all positions. Use
+      ``(c, i, j)`` yourself for one position.
+    * Linear with 2-D output ``(B, C)`` (``ndim`` None or 2): the int ``c``.
+    * Linear with token output ``(B, T, C)`` (``ndim >= 3``): a :class:`TokenSumSelector`
+      (callable) summing channel ``c`` over all tokens, or ``(token, c)`` when ``token`` is
+      given (``ndim == 3`` only).
+
+    Parameters
+    ----------
+    split_model : nn.Module
+        A split model.
+    ref : SubunitRef or (layer, unit, k) or str
+        The subunit (``k=0`` of an unsplit unit: the unit itself).
+    ndim : int, optional
+        Number of dimensions of the layer output including the batch; needed only for Linear
+        layers applied to token tensors.
+    token : int, optional
+        Select one token instead of summing over tokens.
+
+    Returns
+    -------
+    int or tuple or callable
+
+    Raises
+    ------
+    UnknownSubunitError
+        For a subunit that does not exist.
+    ValueError
+        For an ``ndim`` / ``token`` that does not fit the layer type.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from neuronsplit.plan import SplitPlan, UnitSplit
+    >>> from neuronsplit.surgery import apply_plan
+    >>> m = apply_plan(nn.Sequential(nn.Conv2d(2, 3, 1)), SplitPlan([UnitSplit("0", 0, [[0], [1]])]))
+    >>> subunit_selector(m, ("0", 0, 1))
+    (3, slice(None, None, None), slice(None, None, None))
+    """
+    layer, channel = resolve_subunit(split_model, ref)
+    if isinstance(layer, SplitConv2d):
+        if ndim not in (None, 4) or token is not None:
+            raise ValueError(
+                f"a Conv2d subunit layer has 4-D outputs (B, C, H, W); got ndim={ndim!r}, "
+                f"token={token!r}. Use a tuple (channel, i, j) for one position."
+            )
+        return (channel, slice(None), slice(None))
+    if ndim is None or ndim == 2:
+        if token is not None:
+            raise ValueError(f"token={token!r} needs a token output; pass ndim=3")
+        return channel
+    if ndim < 2:
+        raise ValueError(f"ndim must be >= 2 (batch and features), got {ndim}")
+    if token is None:
+        return TokenSumSelector(channel)
+    if ndim != 3:
+        raise ValueError(f"token= selects from (B, T, C) outputs (ndim=3); got ndim={ndim}")
+    return (operator.index(token), channel)
+
+
+# --------------------------------------------------------------------------------------------
+# Captum's conventions for inputs and the output neuron (target)
+# --------------------------------------------------------------------------------------------
+def format_inputs(inputs: Any) -> tuple[bool, tuple[Tensor, ...]]:
+    """``(was_tuple, inputs_as_tuple)``; typed errors for non-tensors, ints, empty or ragged batches.
+
+    Examples
+    --------
+    >>> import torch
+    >>> format_inputs(torch.zeros(2, 3))[0], len(format_inputs((torch.zeros(2, 3),))[1])
+    (False, 1)
+    """
+    is_tuple = isinstance(inputs, tuple)
+    xs = inputs if is_tuple else (inputs,)
+    if not xs or not all(isinstance(x, Tensor) for x in xs):
+        kinds = ", ".join(type(x).__name__ for x in xs) if is_tuple else type(inputs).__name__
+        raise InputShapeError(
+            f"inputs must be a Tensor or a tuple of Tensors (batch on dim 0), got {kinds}"
+        )
+    for i, x in enumerate(xs):
+        if not x.is_floating_point():
+            raise InputShapeError(
+                f"input {i} has dtype {x.dtype}; attributions need floating-point inputs "
+                "(convert with .float())"
+            )
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise InputShapeError(
+                f"input {i} has shape {tuple(x.shape)}; expected a non-empty batch on dim 0"
+            )
+    batch = {int(x.shape[0]) for x in xs}
+    if len(batch) != 1:
+        shapes = ", ".join(str(tuple(x.shape)) for x in xs)
+        raise InputShapeError(f"all inputs must share the batch size on dim 0, got {shapes}")
+    return is_tuple, xs
+
+
+def format_args(additional_forward_args: Any) -> tuple[Any, ...]:
+    """Captum's ``additional_forward_args`` as a tuple appended after the inputs."""
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def _as_target_index(value: Any, target: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.is_floating_point()):
+        raise InvalidTargetError(f"target {target!r} must hold integer indices, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidTargetError(
+            f"target {target!r} must be an int, a tuple of ints, a list or an integer tensor; "
+            f"got {type(value).__name__} {value!r}"
+        ) from None
+
+
+def _target_rows(target: Any, batch: int) -> list[tuple[int, ...]]:
+    """One index tuple per sample (Captum's target conventions, validated)."""
+    if isinstance(target, Tensor):
+        if target.is_floating_point():
+            raise InvalidTargetError(f"target tensor must be integer, got dtype {target.dtype}")
+        if target.numel() == 1 and target.dim() <= 1:  # 0-d or one element: same for all
+            return [(int(target.reshape(())),)] * batch
+        if target.dim() == 1 and target.shape[0] == batch:
+            return [(int(t),) for t in target.tolist()]
+        if target.dim() == 2 and target.shape[0] == batch:
+            return [tuple(int(v) for v in row) for row in target.tolist()]
+        raise InvalidTargetError(
+            f"target tensor of shape {tuple(target.shape)} does not fit a batch of {batch}; "
+            f"give one index per sample (shape ({batch},)) or a single index"
+        )
+    if isinstance(target, tuple):
+        return [tuple(_as_target_index(v, target) for v in target)] * batch
+    if isinstance(target, list):
+        if len(target) != batch:
+            raise InvalidTargetError(
+                f"target list has {len(target)} entries but the batch has {batch} samples"
+            )
+        return [
+            tuple(_as_target_index(v, target) for v in t)
+            if isinstance(t, tuple)
+            else (_as_target_index(t, target),)
+            for t in target
+        ]
+    return [(_as_target_index(target, target),)] * batch
+
+
+def select_target(output: Tensor, target: Any) -> Tensor:
+    """The target output of every sample, shape ``(B,)``, with Captum's target conventions.
+
+    ``target`` is an int or 0-d tensor (same index for all samples), a tuple (one index per
+    output dimension), a list or 1-d tensor (one per sample), a list of tuples, or ``None``
+    for models with one output per sample.
+
+    Raises
+    ------
+    InvalidTargetError
+        Naming the value and the valid range.
+
+    Examples
+    --------
+    >>> import torch
+    >>> select_target(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([1, 0]))
+    tensor([2., 3.])
+    """
+    if not isinstance(output, Tensor) or output.dim() == 0:
+        raise InvalidTargetError(
+            f"the model must return a batched Tensor, got {type(output).__name__}"
+        )
+    batch, per_sample = int(output.shape[0]), tuple(output.shape[1:])
+    if target is None:
+        if output[0].numel() != 1:
+            raise InvalidTargetError(
+                f"target=None needs one output per sample, but the model returns shape "
+                f"{tuple(output.shape)}; pass target=<index> with 0 <= index < "
+                f"{per_sample[0] if per_sample else 1}"
+            )
+        return output.reshape(batch)
+    rows = _target_rows(target, batch)
+    for row in rows:
+        if len(row) != len(per_sample) or any(
+            not 0 <= i < n for i, n in zip(row, per_sample, strict=False)
+        ):
+            valid = " x ".join(f"0..{n - 1}" for n in per_sample) or "none"
+            shown = row[0] if len(row) == 1 else row
+            raise InvalidTargetError(
+                f"target {shown!r} is out of range for model outputs of shape "
+                f"{tuple(output.shape)} (valid per sample: {valid})"
+            )
+    cols = [torch.tensor(c, device=output.device) for c in zip(*rows, strict=True)]
+    return output[(torch.arange(batch, device=output.device), *cols)]
