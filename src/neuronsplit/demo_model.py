@@ -116,7 +116,9 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "neuronsplit"
 
 
-def get_demo_model(cache_dir: str | os.PathLike | None = None, *, retrain: bool = False) -> DigitsNet:
+def get_demo_model(
+    cache_dir: str | os.PathLike | None = None, *, retrain: bool = False
+) -> DigitsNet:
     """Return the trained demo model, training and caching it on first use.
 
     Parameters
