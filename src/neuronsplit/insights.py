@@ -27,6 +27,11 @@ reference, section 3.6):
   returns a handle with ``shutdown()``; Captum's own ``serve()`` starts a non-daemon thread and
   keeps global state (12). It checks that the front end is built (13).
 
+The parts live in private modules (all names importable from here): ``_insights_display``
+(greyscale images and all-zero maps), ``_insights_register`` (method registration and the
+generated Disentangle subclass), ``_insights_app`` (:class:`InsightsApp`, the bounded
+visualizer) and ``_insights_server`` (the werkzeug daemon server).
+
 Examples
 --------
 >>> from neuronsplit.insights import make_visualizer, serve  # doctest: +SKIP
@@ -37,22 +42,30 @@ Examples
 from __future__ import annotations
 
 import argparse
-import base64
-import itertools
-import re
 import threading
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from io import BytesIO
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import InvalidTargetError, MissingExtraError, PlanError
-from .neurons import SubunitRef, resolve_subunit, subunit_refs
+from ._insights_app import (
+    InsightsApp,
+    _bounded_visualizer_class,
+    _cycle_batches,
+    _default_plan,
+    _softmax,
+    _zero_baseline,
+)
+from ._insights_display import feature_class as _feature_class
+from ._insights_register import UNIT_CHOICE as UNIT_CHOICE  # re-export: "unit" drop-down suffix
+from ._insights_register import InsightsRegistration
+from ._insights_register import register_method as _register_method
+from ._insights_server import InsightsServer
+from ._insights_server import start_server as _start_server
+from .errors import InvalidTargetError, MissingExtraError
+from .neurons import SubunitRef
 from .plan import SplitPlan
 from .surgery import iter_split_layers
 
@@ -75,8 +88,6 @@ _INSTALL_HINT = (
     "(captum==0.8.0 with numpy<2, flask and flask-compress; Insights was removed in captum 0.9.0)"
 )
 DEFAULT_METHOD_NAME = "Disentangle (subunits)"
-UNIT_CHOICE = "unit"  # suffix of the drop-down entry that attributes the whole unit
-_UNIT_RE = re.compile(r"^(?P<layer>.+)/u(?P<unit>\d+)/unit$")
 
 
 def require_insights() -> Any:
@@ -121,176 +132,12 @@ def frontend_built() -> bool:
     return _frontend_index().is_file()
 
 
-# --------------------------------------------------------------------------------------------
-# display of greyscale images and all-zero maps
-# --------------------------------------------------------------------------------------------
-def _to_hwc(t: Tensor) -> Any:
-    """``(1, C, H, W)``, ``(C, H, W)`` or ``(H, W)`` -> HWC numpy array with 3 channels."""
-    t = t.detach().float().cpu()
-    while t.dim() > 3 and t.shape[0] == 1:
-        t = t[0]
-    if t.dim() == 2:
-        t = t.unsqueeze(0)
-    if t.dim() != 3:
-        raise ValueError(f"expected an image tensor (C, H, W), got shape {tuple(t.shape)}")
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)  # greyscale: show as RGB
-    return t.permute(1, 2, 0).contiguous().numpy()
-
-
-def _figure_base64(fig: Any) -> str:
-    buffer = BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _plain_figure(image: Any, title: str | None = None) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 6))
-    ax = fig.subplots()
-    ax.imshow(image, vmin=0, vmax=1, cmap="Greys" if image.ndim == 2 else None)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:  # centred message instead of a heat map
-        ax.text(0.5, 0.5, title, ha="center", va="center", fontsize=36, color="0.4",
-                transform=ax.transAxes)  # fmt: skip
-    else:
-        ax.axis("off")
-    return fig
-
-
-def _make_feature_class() -> type:
-    from captum.attr import visualization as viz
-    from captum.insights.attr_vis.features import FeatureOutput, ImageFeature
-
-    class SubunitImageFeature(ImageFeature):
-        """An Insights ``ImageFeature`` that also shows greyscale images and all-zero maps.
-
-        Same constructor as ``captum.insights.attr_vis.features.ImageFeature``. Images and
-        attributions may have 1 or 3 channels; 1-channel ones are shown as grey RGB. A map
-        without any relevance (all zeros, e.g. a subunit silent on this image) is drawn as an
-        empty heat map titled "no relevance" instead of raising ``AssertionError``.
-        """
-
-        def visualize(self, attribution: Tensor, data: Tensor, contribution_frac: Any) -> Any:
-            if self.visualization_transform:
-                data = self.visualization_transform(data)
-            image, attr = _to_hwc(data), _to_hwc(attribution)
-            image = image.clip(0.0, 1.0) if image.max() <= 1.0 else image / 255.0
-            if not (attr != 0).any() or not torch.isfinite(torch.from_numpy(attr)).all():
-                orig_fig = _plain_figure(image)
-                attr_fig = _plain_figure(attr[..., 0] * 0.0, title="no relevance")
-            else:
-                orig_fig, _ = viz.visualize_image_attr(
-                    attr, image, method="original_image", use_pyplot=False
-                )
-                attr_fig, _ = viz.visualize_image_attr(
-                    attr, image, method="heat_map", sign="absolute_value", use_pyplot=False
-                )
-            return FeatureOutput(
-                name=self.name,
-                base=_figure_base64(orig_fig),
-                modified=_figure_base64(attr_fig),
-                type=self.visualization_type(),
-                contribution=contribution_frac,
-            )
-
-    return SubunitImageFeature
-
-
-def _feature_class() -> type:
-    cls = globals().get("SubunitImageFeature")
-    if cls is None:
-        require_insights()
-        cls = _make_feature_class()
-        globals()["SubunitImageFeature"] = cls  # cached: one class per process
-    return cls
-
-
 def __getattr__(name: str) -> Any:
     # SubunitImageFeature subclasses an Insights class, so it is built on first access only
     if name == "SubunitImageFeature":
+        require_insights()
         return _feature_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# registering Disentangle as an Insights method
-# --------------------------------------------------------------------------------------------
-def _choices(split_model: nn.Module, refs: Sequence[Any] | None) -> dict[str, Any]:
-    """Drop-down entry -> SubunitRef, or ``(layer, unit)`` for the whole unit (plan order).
-
-    Entries are ``str(ref)`` plus the plan's concept label if it has one, e.g.
-    ``"fc2/u2/k0 (class 0+4+6)"``; after each unit's subunits comes ``"fc2/u2/unit"``.
-    """
-    refs = [SubunitRef.coerce(r) for r in (refs if refs is not None else subunit_refs(split_model))]
-    if not refs:
-        raise PlanError("the model has no split units to show; apply a plan first")
-    units: dict[tuple[str, int], list[SubunitRef]] = {}
-    for ref in refs:
-        units.setdefault((ref.layer, ref.unit), []).append(ref)
-    out: dict[str, Any] = {}
-    for (layer, unit), members in units.items():
-        split, _ = resolve_subunit(split_model, members[0])  # raises for unknown subunits
-        labels = split.unit_split(unit).labels if unit in split.split_units else ()
-        for ref in members:
-            resolve_subunit(split_model, ref)
-            label = labels[ref.k] if labels and ref.k >= 0 else ""
-            out[f"{ref} ({label})" if label else str(ref)] = ref
-        out[f"{layer}/u{unit}/{UNIT_CHOICE}"] = (layer, unit)
-    return out
-
-
-def _lookup(choices: Mapping[str, Any], subunit: Any) -> Any:
-    """A drop-down entry, a canonical ``"layer/uN/kK"`` / ``"layer/uN/unit"`` string or a ref."""
-    if isinstance(subunit, str):
-        if subunit in choices:
-            return choices[subunit]
-        m = _UNIT_RE.match(subunit)
-        if m:
-            return (m["layer"], int(m["unit"]))
-    return SubunitRef.coerce(subunit)  # raises UnknownSubunitError with the accepted forms
-
-
-@dataclass
-class InsightsRegistration:
-    """Handle for a method registered in Captum Insights; :meth:`remove` undoes it.
-
-    Attributes
-    ----------
-    name : str
-        The method name shown in the Insights drop-down.
-    method : type
-        The registered class (a :class:`~neuronsplit.Disentangle` subclass).
-    choices : tuple of str
-        The values of its ``subunit`` argument.
-    """
-
-    name: str
-    method: type
-    choices: tuple[str, ...]
-    _removed: bool = field(default=False, repr=False)
-
-    def remove(self) -> None:
-        """Remove the method from both Insights dicts (idempotent)."""
-        if self._removed:
-            return
-        from captum.insights.attr_vis import config
-
-        if config.ATTRIBUTION_NAMES_TO_METHODS.get(self.name) is self.method:
-            del config.ATTRIBUTION_NAMES_TO_METHODS[self.name]
-            config.ATTRIBUTION_METHOD_CONFIG.pop(self.name, None)
-        self._removed = True
-
-    def __enter__(self) -> InsightsRegistration:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 def register(
@@ -343,161 +190,7 @@ def register(
     ('0/u1/k0', '0/u1/k1', '0/u1/residual', '0/u1/unit')
     """
     require_insights()
-    from captum.insights.attr_vis import config
-    from captum.log import log_usage
-
-    from .attribution import Disentangle
-
-    if name in config.ATTRIBUTION_NAMES_TO_METHODS or name in config.ATTRIBUTION_METHOD_CONFIG:
-        raise ValueError(
-            f"an Insights method named {name!r} is already registered; remove it first "
-            "(registration.remove()) or pass another name="
-        )
-    bound = Disentangle(split_model, relevance=relevance)  # validates the model once
-    choices = _choices(bound.model, subunits)
-    default = next(iter(choices))
-
-    class InsightsDisentangle(Disentangle):
-        """Disentangle bound to one split model, constructed by Insights as ``cls(model)``."""
-
-        def __init__(self, model: nn.Module | None = None) -> None:
-            use = model if model is not None and any(iter_split_layers(model)) else bound.model
-            Disentangle.__init__(self, use, relevance=relevance)
-
-        @log_usage()
-        def attribute(  # type: ignore[override]
-            self,
-            inputs: Any,
-            target: Any = None,
-            additional_forward_args: Any = None,
-            *,
-            subunit: str = default,
-            return_convergence_delta: bool = False,
-        ) -> Any:
-            choice = _lookup(choices, subunit)
-            if isinstance(choice, tuple) and len(choice) == 2:
-                res = Disentangle.attribute_unit(
-                    self, inputs, target, additional_forward_args, layer=choice[0], unit=choice[1]
-                )
-                return res.unit
-            return Disentangle.attribute.__wrapped__(
-                self,
-                inputs,
-                target,
-                additional_forward_args,
-                subunit=choice,
-                return_convergence_delta=return_convergence_delta,
-            )
-
-    InsightsDisentangle.__name__ = InsightsDisentangle.__qualname__ = "Disentangle"
-    config.ATTRIBUTION_NAMES_TO_METHODS[name] = InsightsDisentangle
-    config.ATTRIBUTION_METHOD_CONFIG[name] = config.ConfigParameters(
-        params={"subunit": config.StrEnumConfig(value=default, limit=list(choices))},
-        help_info="Input attribution of the relevance flowing through one subunit "
-        "(neuronsplit.Disentangle); '.../unit' is the whole unit.",
-    )
-    return InsightsRegistration(name, InsightsDisentangle, tuple(choices))
-
-
-# --------------------------------------------------------------------------------------------
-# the demo visualizer
-# --------------------------------------------------------------------------------------------
-def _softmax(outputs: Tensor) -> Tensor:
-    return torch.softmax(outputs, dim=-1)
-
-
-def _zero_baseline(x: Tensor) -> Tensor:
-    return torch.zeros_like(x)
-
-
-def _cycle_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[Any]:
-    from captum.insights import Batch
-
-    batches = [
-        Batch(inputs=images[i : i + batch_size], labels=labels[i : i + batch_size])
-        for i in range(0, len(labels), batch_size)
-    ]
-    # endless: each "Fetch" in the UI shows new samples instead of Insights' stale cache
-    return itertools.cycle(batches)
-
-
-@dataclass
-class InsightsApp:
-    """A ready Captum ``AttributionVisualizer`` plus the registration to undo.
-
-    Attributes
-    ----------
-    visualizer : captum.insights.AttributionVisualizer
-        Serve it with :func:`serve`.
-    model : nn.Module
-        The split model shown (same function as the original).
-    plan : SplitPlan
-        Its plan.
-    registration : InsightsRegistration
-        The Disentangle method; :meth:`close` removes it.
-    """
-
-    visualizer: Any
-    model: nn.Module
-    plan: SplitPlan
-    registration: InsightsRegistration
-
-    @property
-    def method_name(self) -> str:
-        """Name of the Disentangle method in the Insights drop-down."""
-        return self.registration.name
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        """Values of the method's ``subunit`` argument."""
-        return self.registration.choices
-
-    def close(self) -> None:
-        """Unregister the Disentangle method."""
-        self.registration.remove()
-
-    def __enter__(self) -> InsightsApp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _bounded_visualizer_class() -> type:
-    from captum.insights import AttributionVisualizer
-    from captum.log import log_usage
-
-    class BoundedAttributionVisualizer(AttributionVisualizer):
-        """``AttributionVisualizer`` whose ``visualize`` stops after ``max_batches`` batches.
-
-        Captum's loops until it has four examples that pass the UI filters; with a filter no
-        example matches (e.g. "correct" when every prediction is wrong, or a class that is
-        never predicted) it never returns and the request hangs. This one returns what it
-        found, possibly nothing.
-        """
-
-        max_batches: int = 1000
-
-        @log_usage()
-        def visualize(self) -> list[Any]:
-            self._outputs = []
-            for _ in range(max(1, int(self.max_batches))):
-                if len(self._outputs) >= self._config.num_examples:
-                    break
-                self._outputs.extend(self._get_outputs())
-            return [o[0] for o in self._outputs]
-
-    return BoundedAttributionVisualizer
-
-
-def _default_plan(model: nn.Module) -> SplitPlan:
-    try:
-        from .demo import demo_plan
-    except ImportError as err:  # pragma: no cover - demo.py ships with the package
-        raise PlanError(
-            "no default demo plan available (neuronsplit.demo.demo_plan missing); pass plan="
-        ) from err
-    return demo_plan(model)[2]
+    return _register_method(split_model, name=name, subunits=subunits, relevance=relevance)
 
 
 def make_visualizer(
@@ -623,53 +316,6 @@ def make_visualizer(
     return InsightsApp(visualizer, split, plan, registration)
 
 
-# --------------------------------------------------------------------------------------------
-# serving
-# --------------------------------------------------------------------------------------------
-@dataclass
-class InsightsServer:
-    """A running Insights server (daemon thread); :meth:`shutdown` stops it.
-
-    Attributes
-    ----------
-    host, port : str, int
-        Where it listens.
-    """
-
-    host: str
-    port: int
-    _server: Any = field(repr=False)
-    _thread: threading.Thread | None = field(repr=False)
-    _previous: Any = field(repr=False)
-    _stopped: bool = field(default=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        """``http://host:port/``."""
-        return f"http://{self.host}:{self.port}/"
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop serving, close the socket and restore Insights' global visualizer."""
-        if self._stopped:
-            return
-        from captum.insights.attr_vis import server as server_module
-
-        self._stopped = True
-        try:
-            if self._thread is not None:
-                self._server.shutdown()
-                self._thread.join(timeout)
-        finally:
-            self._server.server_close()
-            server_module.visualizer = self._previous
-
-    def __enter__(self) -> InsightsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-
-
 def serve(
     app: InsightsApp | Any,
     *,
@@ -710,9 +356,6 @@ def serve(
     ...     print(server.url)
     """
     require_insights()
-    from captum.insights.attr_vis import server as server_module
-    from werkzeug.serving import WSGIRequestHandler, make_server
-
     if not frontend_built():
         raise MissingExtraError(
             f"the Captum Insights front end is not built in this captum install "
@@ -720,34 +363,7 @@ def serve(
             '(pip install "neuronsplit[insights]") or build it with BUILD_INSIGHTS=1'
         )
     visualizer = app.visualizer if isinstance(app, InsightsApp) else app
-
-    class _Handler(WSGIRequestHandler):
-        def log_request(self, *args: Any, **kwargs: Any) -> None:
-            if not quiet:
-                super().log_request(*args, **kwargs)
-
-    previous = server_module.visualizer
-    server_module.visualizer = visualizer  # Insights' routes read this module global
-    try:
-        wsgi = make_server(
-            host, int(port), server_module.app, threaded=True, request_handler=_Handler
-        )
-    except BaseException:
-        server_module.visualizer = previous
-        raise
-    wsgi.daemon_threads = True  # request threads must not keep the process alive either
-    if blocking:
-        handle = InsightsServer(host, int(wsgi.server_port), wsgi, None, previous)
-        try:
-            wsgi.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            handle.shutdown()
-        return handle
-    thread = threading.Thread(target=wsgi.serve_forever, name="neuronsplit-insights", daemon=True)
-    thread.start()
-    return InsightsServer(host, int(wsgi.server_port), wsgi, thread, previous)
+    return _start_server(visualizer, host=host, port=port, blocking=blocking, quiet=quiet)
 
 
 # --------------------------------------------------------------------------------------------
