@@ -54,6 +54,9 @@ _EXPORTS: dict[str, str] = {
     "SubunitRef": "attribution",
     "subunit_layer": "attribution",
     "subunit_selector": "attribution",
+    # loading models and data
+    "load_timm_model": "models",
+    "image_folder_loader": "models",
     # errors
     "NeuronSplitError": "errors",
     "UnknownLayerError": "errors",

@@ -47,7 +47,9 @@ def demo_plan(
     units = find_polysemantic(result, DEMO_LAYER, tau=tau, p=p, gamma=gamma)
     if not units:
         raise RuntimeError("the demo model has no gamma-polysemantic fc2 unit; retrain it")
-    plan = plan_split(units[:top], result, train_loader, model=model, gamma=gamma)
+    plan = plan_split(
+        units[:top], result, train_loader, model=model, gamma=gamma, progress=progress
+    )
     return result, units, plan
 
 

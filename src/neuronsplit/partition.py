@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from .detect import PolysemanticUnit, cosine
 from .errors import EmptyClassError, InputShapeError
@@ -189,6 +190,7 @@ def _collect_sums(
     masks: torch.Tensor,
     biases: torch.Tensor,
     max_images: int | None,
+    progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the concept images and return ReLU-summed subunit activations for every rho."""
     module = resolve_layer(model, layer)
@@ -199,7 +201,9 @@ def _collect_sums(
     sums, owners = [], []
     try:
         with eval_mode(model), torch.no_grad():
-            for batch in loader:
+            for batch in tqdm(
+                loader, desc="neuronsplit rho score", unit="batch", disable=not progress
+            ):
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                     raise InputShapeError("plan_split needs a loader of (inputs, labels) pairs")
                 x, y = batch[0], torch.as_tensor(batch[1])
@@ -241,6 +245,7 @@ def plan_split(
     mode: str = "faithful",
     gamma: float = 0.5,
     max_images: int | None = None,
+    progress: bool = False,
 ) -> SplitPlan:
     """Plan Hesse et al.'s split of one (or several) polysemantic units.
 
@@ -267,6 +272,8 @@ def plan_split(
         Similarity threshold used to group classes into concepts.
     max_images : int, optional
         Use at most this many images per concept for the rho score.
+    progress : bool
+        Show a tqdm progress bar for the scoring pass.
 
     Returns
     -------
@@ -311,7 +318,9 @@ def plan_split(
         partitions = [rho_partition(arvs, r, mode=mode) for r in grid]
         scores: list[tuple[float, float]] = []
         if rho == "auto":
-            scores = _score_grid(model, loader, u, unit_concepts, partitions, merge, max_images)
+            scores = _score_grid(
+                model, loader, u, unit_concepts, partitions, merge, max_images, progress
+            )
             best = max(range(len(grid)), key=lambda i: (scores[i][0], -i))  # ties -> smallest rho
         else:
             best = 0
@@ -340,6 +349,7 @@ def _score_grid(
     partitions: Sequence[tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]],
     merge: str,
     max_images: int | None,
+    progress: bool,
 ) -> list[tuple[float, float]]:
     module = check_supported(resolve_layer(model, unit.layer), unit.layer)
     n_inputs = module.weight.shape[1]
