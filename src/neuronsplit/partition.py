@@ -368,6 +368,6 @@ def _score_grid(
     masks = masks.to(module.weight.device)
     biases = biases.to(module.weight.device)
     sums, owners = _collect_sums(
-        model, loader, unit.layer, unit.unit, concepts, masks, biases, max_images
+        model, loader, unit.layer, unit.unit, concepts, masks, biases, max_images, progress
     )
     return [subunit_score(sums[:, r], owners, k_count) for r in range(len(partitions))]
