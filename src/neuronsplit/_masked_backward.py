@@ -59,26 +59,16 @@ class _Backend:
 
 
 def _backend(relevance: Any) -> _Backend:
-    if isinstance(relevance, str):
-        if relevance == "grad_x_act":
-            return _Backend()
-        raise ValueError(
-            f"unknown relevance {relevance!r}; use 'grad_x_act' or a zennit Composite such as "
-            "zennit.composites.EpsilonPlusFlat()"
-        )
-    from zennit.core import Composite
+    """The composite and canonizers of a ``relevance=`` value (via ``relevance.get_backend``)."""
+    from .relevance import GradXAct, Zennit, get_backend
 
-    from .relevance import GradXAct, Zennit
-
-    if isinstance(relevance, GradXAct):
+    backend = get_backend(relevance)
+    if isinstance(backend, Zennit):
+        return _Backend(backend.composite, tuple(backend.canonizers))
+    if isinstance(backend, GradXAct):
         return _Backend()
-    if isinstance(relevance, Zennit):
-        return _Backend(relevance.composite, tuple(relevance.canonizers))
-    if isinstance(relevance, Composite):
-        return _Backend(relevance)
     raise ValueError(
-        f"relevance must be 'grad_x_act', a zennit Composite or neuronsplit.Zennit(...), got "
-        f"{type(relevance).__name__}"
+        f"Disentangle supports 'grad_x_act' and Zennit relevance, got {type(backend).__name__}"
     )
 
 

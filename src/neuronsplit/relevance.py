@@ -165,21 +165,33 @@ class Zennit(RelevanceBackend):
         return unit_sum(grad, kind)
 
 
-def get_backend(relevance: str | RelevanceBackend) -> RelevanceBackend:
-    """Turn ``"grad_x_act"`` or a backend instance into a backend.
+def get_backend(relevance: Any) -> RelevanceBackend:
+    """Turn ``"grad_x_act"``, a Zennit composite or a backend instance into a backend.
+
+    A bare Zennit ``Composite`` is wrapped as ``Zennit(composite)``. Every entry point that takes
+    a ``relevance=`` argument (scan, Disentangle) goes through this one function.
 
     Raises
     ------
     ValueError
-        For an unknown string; the message lists the valid choices.
+        For an unknown string or type; the message lists the valid choices.
     """
     if isinstance(relevance, RelevanceBackend):
         return relevance
-    if relevance == "grad_x_act":
-        return GradXAct()
+    if isinstance(relevance, str):
+        if relevance == "grad_x_act":
+            return GradXAct()
+        raise ValueError(
+            f"unknown relevance {relevance!r}; use 'grad_x_act' or ns.Zennit(composite), e.g. "
+            "ns.Zennit(zennit.composites.EpsilonPlusFlat())"
+        )
+    from zennit.core import Composite
+
+    if isinstance(relevance, Composite):
+        return Zennit(relevance)
     raise ValueError(
-        f"unknown relevance {relevance!r}; use 'grad_x_act' or ns.Zennit(composite), e.g. "
-        "ns.Zennit(zennit.composites.EpsilonPlusFlat())"
+        f"relevance must be 'grad_x_act', a zennit Composite or neuronsplit.Zennit(...), got "
+        f"{type(relevance).__name__}"
     )
 
 
