@@ -18,6 +18,7 @@ from torch import nn
 
 from .layers import eval_mode, layer_kind, resolve_layer
 from .relevance import unit_sum
+from .scan import differentiable_output
 
 __all__ = ["ConceptFractions", "concept_fractions"]
 
@@ -68,9 +69,9 @@ def _layer_io(
     store: list[torch.Tensor] = []
 
     def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        source = output if output.requires_grad else output.detach().requires_grad_(True)
+        source, downstream = differentiable_output(output)
         store.append(source)
-        return source.clone()  # protect the recorded tensor from later in-place ops
+        return downstream
 
     handle = module.register_forward_hook(hook)
     try:

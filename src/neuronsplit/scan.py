@@ -21,7 +21,7 @@ from .layers import check_supported, eval_mode, layer_kind, resolve_layer
 from .relevance import RelevanceBackend, Zennit, get_backend
 from .stats import DEFAULT_TAU_GRID, LayerStats, ScanResult
 
-__all__ = ["scan", "input_tap_sums"]
+__all__ = ["scan", "input_tap_sums", "differentiable_output"]
 
 
 def _conv_pads(module: nn.Conv2d, in_hw: tuple[int, int]) -> list[int]:
@@ -109,6 +109,22 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     )
 
 
+def differentiable_output(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a hooked layer output into the tensor to differentiate and the one to pass on.
+
+    A frozen model (no parameter requires grad) gives outputs without a graph: one is started
+    here. Later in-place ops (``ReLU(inplace=True)``, timm's ``x += shortcut``) must not
+    overwrite the tensor whose gradient is read, so the rest of the network gets a clone.
+
+    Returns
+    -------
+    (source, downstream)
+        ``source`` to pass to ``torch.autograd.grad``; ``downstream`` for the hook to return.
+    """
+    source = output if output.requires_grad else output.detach().requires_grad_(True)
+    return source, source.clone()
+
+
 class _Recorder:
     """Forward hooks that keep each layer's output (for the gradient) and input tap sums."""
 
@@ -132,12 +148,8 @@ class _Recorder:
             self.calls[name] = self.calls.get(name, 0) + 1
             with torch.no_grad():
                 self.taps[name] = input_tap_sums(module, inputs[0].detach(), output.shape)
-            # A frozen model (no parameter requires grad) gives outputs without a graph: start one
-            # here. Later in-place ops (ReLU(inplace=True), `x += shortcut`) must not overwrite
-            # the tensor whose gradient we read, so downstream layers get a clone.
-            source = output if output.requires_grad else output.detach().requires_grad_(True)
-            self.outputs[name] = source
-            return source.clone()
+            self.outputs[name], downstream = differentiable_output(output)
+            return downstream
 
         return record
 
