@@ -96,6 +96,7 @@ def run_demo(
     with torch.no_grad():
         delta = float((model(test.images) - split(test.images)).abs().max())
     by_unit = {(info["layer"], info["unit"]): info for info in plan.meta["units"]}
+    splits_by_unit = {(s.layer, s.unit): s for s in plan.splits}
     rows = []
     for u in units:
         row: dict[str, Any] = {
@@ -116,7 +117,7 @@ def run_demo(
                 split=True,
                 concepts=info["concepts"],
                 rho=info["rho"],
-                merge=plan.splits[[s.unit for s in plan.splits].index(u.unit)].merge,
+                merge=splits_by_unit[(u.layer, u.unit)].merge,
                 fractions=[f.to_dict() for f in fractions],
             )
         rows.append(row)

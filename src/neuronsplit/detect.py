@@ -184,16 +184,12 @@ def find_polysemantic(
             allowed[int(c)] = True
     found: list[tuple[float, int, int, PolysemanticUnit]] = []
     for layer_pos, layer in enumerate(names):
-        stats = result.layer(layer)
         relevant = relevant_classes(result, layer, tau=tau, p=p)
         if allowed is not None:
             relevant &= allowed.unsqueeze(1)
-        counts = result.class_counts.to(torch.float64)
         for unit in torch.nonzero(relevant.sum(0) >= 2).flatten().tolist():
             rel = torch.nonzero(relevant[:, unit]).flatten().tolist()
-            # closed-form ARVs of all relevant classes at once: (R, J)
-            arvs = (stats.weight[unit].unsqueeze(0) * stats.input_sums[rel]).sum(-1)
-            arvs = arvs / counts[rel].unsqueeze(1)
+            arvs = result.arvs(layer, unit, rel)  # (R, J), closed form
             pairs = []
             for (ia, a), (ib, b) in itertools.combinations(enumerate(rel), 2):
                 cos = cosine(arvs[ia], arvs[ib])
