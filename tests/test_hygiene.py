@@ -27,7 +27,7 @@ from neuronsplit.errors import (
     UnknownSubunitError,
 )
 from neuronsplit.plan import SplitPlan, UnitSplit
-from neuronsplit.surgery import apply_plan
+from neuronsplit.nn import apply_plan
 
 _MODULE_HOOKS = (
     "_forward_hooks",
@@ -78,7 +78,7 @@ class Net(nn.Module):
 
 PLAN = SplitPlan(
     [
-        UnitSplit("conv", 2, [[0], []], merge="partition"),
+        UnitSplit("conv", 2, [[0], []], merge="disjoint"),
         UnitSplit("fc", 1, [list(range(50)), list(range(50, 80))], shared=list(range(80, 100))),
     ]
 )

@@ -15,7 +15,7 @@ def test_every_public_name_resolves() -> None:
 
 def test_submodule_imports_do_not_shadow_public_functions() -> None:
     code = (
-        "import neuronsplit as ns, neuronsplit.scan, neuronsplit.io, neuronsplit.demo;"
+        "import neuronsplit as ns, neuronsplit.stats.scanner, neuronsplit.nn.io, neuronsplit.demo;"
         "assert callable(ns.scan) and callable(ns.save) and callable(ns.load), (ns.scan, ns.save)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,13 +1,18 @@
 """neuronsplit: split polysemantic units into exact, Captum-ready subunits.
 
-The public names are imported lazily, so ``import neuronsplit`` stays cheap and optional
-dependencies (Captum Insights, Flask) are only imported by the functions that need them.
+The flat namespace holds the verbs and the core types; internals live in the subpackages,
+which follow the data flow: :mod:`~neuronsplit.capture` (hooks, contributions) ->
+:mod:`~neuronsplit.relevance` -> :mod:`~neuronsplit.stats` (the scan) ->
+:mod:`~neuronsplit.methods` (Hesse et al.'s detection and split) -> :mod:`~neuronsplit.plan`
+(pure data) -> :mod:`~neuronsplit.nn` (split layers, surgery, verification, files) ->
+:mod:`~neuronsplit.attribution` (Captum). Names are imported lazily, so ``import neuronsplit``
+stays cheap and optional dependencies (Captum Insights, Flask) load only when used.
 
 Examples
 --------
 >>> import neuronsplit as ns
->>> callable(ns.scan)
-True
+>>> callable(ns.scan), ns.SplitPlan.__module__
+(True, 'neuronsplit.plan.plan')
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -23,31 +28,26 @@ _EXPORTS: dict[str, str] = {
     "Zennit": "relevance",
     "GradXAct": "relevance",
     "TimmResNetCanonizer": "relevance",
-    # scanning and detection
-    "scan": "scan",
+    # scanning and detection (Hesse et al.)
+    "scan": "stats",
     "ScanResult": "stats",
-    "LayerStats": "stats",
-    "find_polysemantic": "detect",
-    "PolysemanticUnit": "detect",
-    "arv": "detect",
-    "pairs_table": "detect",
-    "concept_fractions": "metrics",
-    # plans and surgery
+    "find_polysemantic": "methods.hesse",
+    "PolysemanticUnit": "methods.hesse",
+    "pairs_table": "methods.hesse",
+    "plan_split": "methods.hesse",
+    "concept_fractions": "evaluation",
+    # plans
     "UnitSplit": "plan",
+    "LayerSplit": "plan",
     "SplitPlan": "plan",
-    "plan_split": "partition",
-    "rho_partition": "partition",
-    "apply_plan": "surgery",
-    "IndexMerge": "surgery",
-    "iter_split_layers": "surgery",
-    "get_split_layer": "surgery",
-    "plan_of": "surgery",
-    "SplitConv2d": "surgery",
-    "SplitLinear": "surgery",
-    "verify_equivalence": "verify",
-    "EquivalenceReport": "verify",
-    "save": "io",
-    "load": "io",
+    # split models
+    "apply_plan": "nn",
+    "SplitConv2d": "nn",
+    "SplitLinear": "nn",
+    "verify_equivalence": "nn",
+    "EquivalenceReport": "nn",
+    "save": "nn",
+    "load": "nn",
     # captum integration
     "Disentangle": "attribution",
     "UnitAttribution": "attribution",
@@ -55,8 +55,8 @@ _EXPORTS: dict[str, str] = {
     "subunit_layer": "attribution",
     "subunit_selector": "attribution",
     # loading models and data
-    "load_timm_model": "models",
-    "image_folder_loader": "models",
+    "load_timm_model": "loading",
+    "image_folder_loader": "loading",
     # errors
     "NeuronSplitError": "errors",
     "UnknownLayerError": "errors",
@@ -75,12 +75,6 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-# ``scan`` is both a submodule and a public function. Loading the submodule binds the package
-# attribute ``scan`` to the module, which would shadow the lazy export, so the function is bound
-# eagerly here, after its submodule has loaded (later imports of the submodule rebind nothing).
-from .scan import scan  # noqa: E402, F401
 
 
 def __getattr__(name: str) -> Any:

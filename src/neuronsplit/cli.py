@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     try:
-        from .insights import add_insights_parser
+        from .insights.cli import add_insights_parser
     except ImportError:  # the module itself imports nothing optional; keep the CLI usable anyway
         add_insights_parser = None
     if add_insights_parser is not None:

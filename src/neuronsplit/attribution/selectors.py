@@ -1,0 +1,162 @@
+"""Captum neuron selectors for subunits: :func:`subunit_selector` and the callables it returns.
+
+A subunit of the disjoint form is one row of the ``.subunits`` output (an index or a slice);
+one of the overlap form is two rows, ``t_k + r`` (:class:`ChannelSumSelector`); a token
+Linear sums its row over tokens (:class:`TokenSumSelector`).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..nn import SplitConv2d
+from .refs import SubunitLike, subunit_rows
+
+__all__ = ["channel_sum", "TokenSumSelector", "ChannelSumSelector", "subunit_selector", "Selector"]
+
+
+def channel_sum(tensor: Tensor, dim: int, channel: int) -> Tensor:
+    """Per-sample total ``(B,)`` of one channel on dimension ``dim``, over all other positions."""
+    picked = tensor.select(dim, channel)
+    return picked.reshape(picked.shape[0], -1).sum(1)
+
+
+class TokenSumSelector:
+    """Captum neuron selector for token tensors ``(B, T, ..., D)``: channel ``c`` summed over tokens.
+
+    Parameters
+    ----------
+    channel : int
+        Channel on the last dimension.
+
+    Examples
+    --------
+    >>> import torch
+    >>> TokenSumSelector(1)(torch.ones(2, 5, 3))
+    tensor([5., 5.])
+    """
+
+    def __init__(self, channel: int) -> None:
+        self.channel = int(channel)
+
+    def __call__(self, output: Tensor) -> Tensor:
+        return channel_sum(output, -1, self.channel)
+
+    def __repr__(self) -> str:
+        return f"TokenSumSelector({self.channel})"
+
+
+class ChannelSumSelector:
+    """Captum neuron selector: a weighted sum of channels, each summed over all positions.
+
+    Used for subunits that are a sum of rows (the overlap form: ``t_k + r``).
+
+    Parameters
+    ----------
+    channels : sequence of (int, float)
+        ``(channel, weight)`` pairs.
+    dim : int
+        Channel axis counted from the end (``-3`` for Conv2d outputs, ``-1`` for Linear).
+
+    Examples
+    --------
+    >>> import torch
+    >>> ChannelSumSelector([(0, 1.0), (2, 1.0)], -1)(torch.tensor([[1.0, 5.0, 2.0]]))
+    tensor([3.])
+    """
+
+    def __init__(self, channels: Any, dim: int) -> None:
+        self.channels = tuple((int(c), float(w)) for c, w in channels)
+        self.dim = int(dim)
+
+    def __call__(self, output: Tensor) -> Tensor:
+        return sum(w * channel_sum(output, self.dim, c) for c, w in self.channels)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"ChannelSumSelector({list(self.channels)}, dim={self.dim})"
+
+
+Selector = int | tuple[int | slice, ...] | Callable[[Tensor], Tensor]
+
+
+def subunit_selector(
+    split_model: nn.Module,
+    ref: SubunitLike,
+    *,
+    ndim: int | None = None,
+    token: int | None = None,
+) -> Selector:
+    """A Captum ``neuron_selector`` for ``ref`` on :func:`subunit_layer` of its layer.
+
+    The selector picks the *whole* subunit, as :class:`~neuronsplit.Disentangle` does. A subunit
+    of the overlap form is two rows (``t_k + r``) and gets a :class:`ChannelSumSelector`;
+    otherwise:
+
+    * Conv2d (output ``(B, C, H, W)``): ``(c, slice(None), slice(None))``. Captum sums a sliced
+      region per example, so this is the channel's total over all positions. Use
+      ``(c, i, j)`` yourself for one position.
+    * Linear with 2-D output ``(B, C)`` (``ndim`` None or 2): the int ``c``.
+    * Linear with token output ``(B, T, C)`` (``ndim >= 3``): a :class:`TokenSumSelector`
+      (callable) summing channel ``c`` over all tokens, or ``(token, c)`` when ``token`` is
+      given (``ndim == 3`` only).
+
+    Parameters
+    ----------
+    split_model : nn.Module
+        A split model.
+    ref : SubunitRef or (layer, unit, k) or str
+        The subunit (``k=0`` of an unsplit unit: the unit itself).
+    ndim : int, optional
+        Number of dimensions of the layer output including the batch; needed only for Linear
+        layers applied to token tensors.
+    token : int, optional
+        Select one token instead of summing over tokens.
+
+    Returns
+    -------
+    int or tuple or callable
+
+    Raises
+    ------
+    UnknownSubunitError
+        For a subunit that does not exist.
+    ValueError
+        For an ``ndim`` / ``token`` that does not fit the layer type.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from neuronsplit.plan import SplitPlan, UnitSplit
+    >>> from neuronsplit.nn import apply_plan
+    >>> m = apply_plan(nn.Sequential(nn.Conv2d(2, 3, 1)), SplitPlan([UnitSplit("0", 0, [[0], [1]])]))
+    >>> subunit_selector(m, ("0", 0, 1))
+    (3, slice(None, None, None), slice(None, None, None))
+    """
+    layer, rows, _ = subunit_rows(split_model, ref)
+    channel = rows[0][0]
+    if len(rows) > 1:  # overlap subunit: t_k + r
+        if token is not None:
+            raise ValueError("token= selects one row; overlap subunits are a sum of two rows")
+        return ChannelSumSelector(rows, layer.merge.dim)
+    if isinstance(layer, SplitConv2d):
+        if ndim not in (None, 4) or token is not None:
+            raise ValueError(
+                f"a Conv2d subunit layer has 4-D outputs (B, C, H, W); got ndim={ndim!r}, "
+                f"token={token!r}. Use a tuple (channel, i, j) for one position."
+            )
+        return (channel, slice(None), slice(None))
+    if ndim is None or ndim == 2:
+        if token is not None:
+            raise ValueError(f"token={token!r} needs a token output; pass ndim=3")
+        return channel
+    if ndim < 2:
+        raise ValueError(f"ndim must be >= 2 (batch and features), got {ndim}")
+    if token is None:
+        return TokenSumSelector(channel)
+    if ndim != 3:
+        raise ValueError(f"token= selects from (B, T, C) outputs (ndim=3); got ndim={ndim}")
+    return (operator.index(token), channel)

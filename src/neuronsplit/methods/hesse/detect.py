@@ -1,0 +1,228 @@
+"""Polysemantic-unit detection after Hesse et al. (CVPRW 2025).
+
+1. A unit is *important* for an image when its relevance reaches ``tau`` times the image's total
+   positive relevance at that layer (counted during the scan).
+2. It is *relevant* to class ``t`` when it is important for at least a share ``p`` of the class's
+   images; a *candidate* when relevant to at least two classes.
+3. For each candidate and each relevant class the average relevance vector (ARV) over the layer's
+   inputs is computed (signed, unnormalised, every image of the class counted).
+4. A pair of relevant classes is *gamma-polysemantic* when ``cos_low <= cos(ARV_a, ARV_b) < gamma``
+   (the official code keeps ``cos_low = 0``: negative cosines are dropped unless
+   ``include_negative=True``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import EmptyClassError
+from ...stats import ScanResult
+
+__all__ = [
+    "ClassPair",
+    "PolysemanticUnit",
+    "relevant_classes",
+    "find_polysemantic",
+    "arv",
+    "pairs_table",
+    "cosine",
+]
+
+
+@dataclass(frozen=True)
+class ClassPair:
+    """Two relevant classes of a unit and the cosine similarity of their ARVs."""
+
+    class_a: int
+    class_b: int
+    cosine: float
+
+
+@dataclass(frozen=True)
+class PolysemanticUnit:
+    """A unit with at least one gamma-polysemantic pair of relevant classes.
+
+    Attributes
+    ----------
+    layer : str
+        Dotted layer name.
+    unit : int
+        Output channel / feature index.
+    relevant : tuple of int
+        Every class the unit is relevant to (sorted).
+    pairs : tuple of ClassPair
+        The gamma-polysemantic pairs, lowest cosine first.
+    """
+
+    layer: str
+    unit: int
+    relevant: tuple[int, ...]
+    pairs: tuple[ClassPair, ...]
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        """Classes that take part in at least one gamma-polysemantic pair (sorted)."""
+        return tuple(sorted({c for p in self.pairs for c in (p.class_a, p.class_b)}))
+
+    @property
+    def min_cosine(self) -> float:
+        """The lowest ARV cosine among the pairs: the clearest sign of polysemanticity."""
+        return min(p.cosine for p in self.pairs)
+
+    @property
+    def top_pair(self) -> ClassPair:
+        """The pair with the lowest cosine."""
+        return self.pairs[0]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity in float64; NaN when either vector is zero."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    denom = a.norm() * b.norm()
+    if denom == 0:
+        return float("nan")
+    return float((a @ b) / denom)
+
+
+def arv(result: ScanResult, layer: str, unit: int, cls: int) -> torch.Tensor:
+    """Average relevance vector of ``unit`` for class ``cls`` (see :meth:`ScanResult.arv`).
+
+    Examples
+    --------
+    >>> import neuronsplit as ns  # doctest: +SKIP
+    >>> ns.arv(res, "layer4.2.conv3", 1660, 530).shape  # doctest: +SKIP
+    torch.Size([512])
+    """
+    return result.arv(layer, unit, cls)
+
+
+def relevant_classes(
+    result: ScanResult, layer: str, *, tau: float = 0.03, p: float = 0.75
+) -> torch.Tensor:
+    """Boolean ``(N, C)``: unit ``c`` is relevant to class ``t`` (empty classes never are).
+
+    Examples
+    --------
+    >>> rel = relevant_classes(res, "fc2")  # doctest: +SKIP
+    >>> rel.sum(0)  # number of relevant classes per unit  # doctest: +SKIP
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"p must be in (0, 1], got {p}")
+    counts = result.important_counts(layer, tau).to(torch.float64)
+    n = result.class_counts.to(torch.float64).unsqueeze(1)
+    # counts are integers: compare with ceil(p * N) so that count == p * N is relevant even when
+    # p * N rounds up in floating point (0.55 * 100 == 55.00000000000001)
+    needed = torch.ceil(p * n * (1.0 - 1e-12))
+    return (counts >= needed) & (n > 0)
+
+
+def find_polysemantic(
+    result: ScanResult,
+    layers: str | Sequence[str] | None = None,
+    *,
+    tau: float = 0.03,
+    p: float = 0.75,
+    gamma: float = 0.5,
+    cos_low: float = 0.0,
+    include_negative: bool = False,
+    classes: Sequence[int] | None = None,
+) -> list[PolysemanticUnit]:
+    """Find gamma-polysemantic units, most polysemantic (lowest ARV cosine) first.
+
+    Parameters
+    ----------
+    result : ScanResult
+        Output of :func:`neuronsplit.scan`.
+    layers : str or sequence of str, optional
+        Layers to search (default: every scanned layer).
+    tau : float
+        Importance threshold; must be on the scan's ``tau_grid`` (default 0.03, the paper's).
+    p : float
+        Share of a class's images for which a unit must be important (default 0.75).
+    gamma : float
+        Upper cosine bound (exclusive) for a polysemantic pair (default 0.5).
+    cos_low : float
+        Lower cosine bound (inclusive); 0.0 as in the official code.
+    include_negative : bool
+        Drop the lower bound, so pairs with negative cosine count too.
+    classes : sequence of int, optional
+        Restrict the search to these classes; each must have scanned images.
+
+    Returns
+    -------
+    list of PolysemanticUnit
+        Sorted by lowest pair cosine, then layer order, then unit index. Pairs whose ARV is the
+        zero vector (cosine undefined) are skipped.
+
+    Raises
+    ------
+    EmptyClassError
+        If ``classes`` names a class without images, or the scan saw no images at all.
+
+    Examples
+    --------
+    >>> import neuronsplit as ns  # doctest: +SKIP
+    >>> units = ns.find_polysemantic(res, tau=0.03, p=0.75, gamma=0.5)  # doctest: +SKIP
+    >>> units[0].layer, units[0].unit, units[0].top_pair  # doctest: +SKIP
+    """
+    names = (
+        list(result.layers)
+        if layers is None
+        else ([layers] if isinstance(layers, str) else list(layers))
+    )
+    if result.num_samples == 0:
+        raise EmptyClassError("the scan saw no images; scan a non-empty loader first")
+    allowed = None
+    if classes is not None:
+        allowed = torch.zeros(result.num_classes, dtype=torch.bool)
+        for c in classes:
+            result._class_count(int(c))  # raises for out-of-range or empty classes
+            allowed[int(c)] = True
+    found: list[tuple[float, int, int, PolysemanticUnit]] = []
+    for layer_pos, layer in enumerate(names):
+        relevant = relevant_classes(result, layer, tau=tau, p=p)
+        if allowed is not None:
+            relevant &= allowed.unsqueeze(1)
+        for unit in torch.nonzero(relevant.sum(0) >= 2).flatten().tolist():
+            rel = torch.nonzero(relevant[:, unit]).flatten().tolist()
+            arvs = result.arvs(layer, unit, rel)  # (R, J), closed form
+            pairs = []
+            for (ia, a), (ib, b) in itertools.combinations(enumerate(rel), 2):
+                cos = cosine(arvs[ia], arvs[ib])
+                if cos != cos:  # NaN: a zero ARV has no direction
+                    continue
+                if cos < gamma and (include_negative or cos >= cos_low):
+                    pairs.append(ClassPair(a, b, cos))
+            if pairs:
+                pairs.sort(key=lambda pair: (pair.cosine, pair.class_a, pair.class_b))
+                unit_info = PolysemanticUnit(layer, unit, tuple(rel), tuple(pairs))
+                found.append((pairs[0].cosine, layer_pos, unit, unit_info))
+    found.sort(key=lambda item: item[:3])
+    return [item[3] for item in found]
+
+
+def pairs_table(units: Sequence[PolysemanticUnit]) -> list[dict[str, object]]:
+    """One row per gamma-polysemantic pair, sorted by descending cosine as in the official CSV.
+
+    Returns
+    -------
+    list of dict
+        Keys ``layer, unit, class_a, class_b, cosine``.
+    """
+    rows = [
+        {
+            "layer": u.layer,
+            "unit": u.unit,
+            "class_a": p.class_a,
+            "class_b": p.class_b,
+            "cosine": p.cosine,
+        }
+        for u in units
+        for p in u.pairs
+    ]
+    rows.sort(key=lambda r: -float(r["cosine"]))  # type: ignore[arg-type]
+    return rows

@@ -1,0 +1,153 @@
+"""Hesse et al.'s split plan: :func:`plan_split` (concepts, rho rule, rho selection)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...capture import check_supported, resolve_layer
+from ...plan import LayerSplit, SplitPlan
+from ...plan.forms import normalise_form
+from ...stats import ScanResult
+from .concepts import concept_groups, concept_labels
+from .detect import PolysemanticUnit
+from .rho import RHO_GRID, rho_assignment
+from .scoring import UnitToScore, score_units
+
+__all__ = ["plan_split"]
+
+
+def plan_split(
+    unit: PolysemanticUnit | Sequence[PolysemanticUnit],
+    result: ScanResult,
+    loader: Iterable[Any] | None = None,
+    *,
+    model: nn.Module | None = None,
+    rho: str | float = "auto",
+    concepts: Sequence[Sequence[int]] | None = None,
+    merge: str = "overlap",
+    mode: str = "faithful",
+    gamma: float = 0.5,
+    max_images: int | None = None,
+    progress: bool = False,
+) -> SplitPlan:
+    """Plan Hesse et al.'s split of one (or several) polysemantic units.
+
+    Parameters
+    ----------
+    unit : PolysemanticUnit or sequence of them
+        From :func:`neuronsplit.find_polysemantic`.
+    result : ScanResult
+        The scan the unit was found in (gives the ARVs).
+    loader : iterable of (inputs, labels), optional
+        Training data; needed for ``rho="auto"`` to score each rho on the concept images.
+    model : nn.Module, optional
+        The scanned model; needed for ``rho="auto"``. It is not modified.
+    rho : "auto" or float
+        A fixed factor in (0, 1] or the argmax of the official score over :data:`RHO_GRID`
+        (scored on Hesse's subunits whatever ``merge`` is, so both forms get the same rho).
+    concepts : sequence of sequence of int, optional
+        Class sets, one per subunit. Default: :func:`concept_groups` (complete linkage: no
+        two gamma-polysemantic classes share a subunit; Hesse et al.'s case is two classes).
+    merge : {"overlap", "disjoint"}
+        How the subunits are read (``"overlap"`` is the paper's); the split rows are the same.
+    mode : {"faithful", "magnitude"}
+        Signed official rule or the symmetric magnitude variant.
+    gamma : float
+        Similarity threshold used to group classes into concepts.
+    max_images : int, optional
+        Use at most this many images per concept for the rho score (exactly).
+    progress : bool
+        Show a tqdm progress bar for the scoring pass (one pass per layer).
+
+    Returns
+    -------
+    SplitPlan
+        ``meta["units"]`` records per unit the concepts, the chosen rho and the official and
+        robust score of every rho on the grid.
+
+    Examples
+    --------
+    >>> units = ns.find_polysemantic(res)  # doctest: +SKIP
+    >>> plan = ns.plan_split(units[0], res, train_loader, model=model)  # doctest: +SKIP
+    >>> split = ns.apply_plan(model, plan)  # doctest: +SKIP
+    """
+    units = [unit] if isinstance(unit, PolysemanticUnit) else list(unit)
+    if not units:
+        raise ValueError("plan_split needs at least one PolysemanticUnit")
+    if rho == "auto" and (loader is None or model is None):
+        raise ValueError(
+            "rho='auto' scores every rho on the concept images: pass the training loader and "
+            "model=..., or give a fixed rho such as rho=0.5"
+        )
+    if rho != "auto" and not (isinstance(rho, (int, float)) and 0.0 < float(rho) <= 1.0):
+        raise ValueError(f"rho must be 'auto' or a number in (0, 1], got {rho!r}")
+    try:
+        form = normalise_form(merge, "plan")
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+    if concepts is not None and len(units) > 1:
+        raise ValueError("concepts=... applies to a single unit; plan units one by one")
+    grid = RHO_GRID if rho == "auto" else (float(rho),)
+    rhos = torch.tensor(grid, dtype=torch.float64)
+    items: dict[str, list[UnitToScore]] = {}
+    for u in units:
+        unit_concepts = (
+            tuple(tuple(int(c) for c in concept) for concept in concepts)
+            if concepts is not None
+            else concept_groups(result, u, gamma=gamma)
+        )
+        if len(unit_concepts) < 2:
+            raise ValueError(
+                f"unit {u.unit} of {u.layer!r} has a single concept {unit_concepts}; its classes "
+                "are mutually similar at this gamma, so there is nothing to split"
+            )
+        arvs = result.concept_arvs(u.layer, u.unit, unit_concepts)
+        assignments = rho_assignment(arvs, rhos, mode=mode)  # (R, J)
+        items.setdefault(u.layer, []).append(UnitToScore(u.unit, unit_concepts, assignments))
+    scores: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    if rho == "auto":
+        for layer, layer_items in items.items():
+            check_supported(resolve_layer(model, layer), layer)  # type: ignore[arg-type]
+            per_unit = score_units(
+                model,
+                loader,
+                layer,
+                layer_items,
+                max_images=max_images,
+                progress=progress,  # type: ignore[arg-type]
+            )
+            scores.update(
+                {(layer, it.unit): s for it, s in zip(layer_items, per_unit, strict=True)}
+            )
+    splits, infos = [], []
+    for layer, layer_items in items.items():
+        rows, ks, labels = [], [], {}
+        for it in layer_items:
+            unit_scores = scores.get((layer, it.unit), [])
+            best = (
+                max(range(len(grid)), key=lambda i: (unit_scores[i][0], -i)) if unit_scores else 0
+            )  # ties -> smallest rho
+            rows.append(it.assignments[best])
+            ks.append(len(it.concepts))
+            labels[it.unit] = concept_labels(it.concepts)
+            infos.append(
+                {
+                    "layer": layer,
+                    "unit": it.unit,
+                    "concepts": [list(c) for c in it.concepts],
+                    "rho": grid[best],
+                    "rho_grid": list(grid),
+                    "score": [s[0] for s in unit_scores],
+                    "robust_score": [s[1] for s in unit_scores],
+                }
+            )
+        units_of_layer = [it.unit for it in layer_items]
+        splits.append(
+            LayerSplit(layer, units_of_layer, torch.stack(rows), ks, merge=form, labels=labels)
+        )
+    infos.sort(key=lambda info: (list(items).index(info["layer"]), info["unit"]))
+    return SplitPlan(splits, meta={"method": "hesse2025", "mode": mode, "units": infos})

@@ -1,0 +1,287 @@
+"""Save and load split models: ``weights.safetensors`` + the plan (``plan.json`` and
+``plan.safetensors``).
+
+The plan is stored, not the module objects: :func:`load` re-applies the plan to a fresh
+instance of the original architecture and then loads the weights strictly. This keeps the
+files free of pickles and makes every mismatch a readable error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._files import atomic_write, sha256_file
+from ..errors import (
+    CorruptFileError,
+    PlanError,
+    PlanMismatchError,
+    UnknownLayerError,
+    UnsupportedLayerError,
+)
+from ..plan import SplitPlan
+from .split_layer import SPLIT_TYPES
+from .surgery import apply_plan, plan_of
+
+__all__ = ["save", "load", "WEIGHTS_FILE", "PLAN_FILE", "original_shapes", "fingerprint"]
+
+WEIGHTS_FILE = "weights.safetensors"
+PLAN_FILE = "plan.json"
+
+
+def original_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of the model a (possibly) split ``model`` was made from.
+
+    Keys ``<layer>.subunits.weight`` / ``.bias`` of split layers map back to ``<layer>.weight``
+    / ``.bias`` with the original number of rows; merge buffers are not in the state dict.
+
+    Examples
+    --------
+    >>> original_shapes(nn.Linear(2, 3))
+    {'weight': (3, 2), 'bias': (3,)}
+    """
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    for path, mod in model.named_modules(remove_duplicate=False):
+        if isinstance(mod, SPLIT_TYPES):
+            prefix = f"{path}." if path else ""
+            for pname in ("weight", "bias"):
+                key = f"{prefix}subunits.{pname}"
+                if key in shapes:
+                    shape = shapes.pop(key)
+                    shapes[f"{prefix}{pname}"] = (mod.original_out, *shape[1:])
+    return shapes
+
+
+def fingerprint(shapes: dict[str, tuple[int, ...]]) -> str:
+    """Short hash of a ``{name: shape}`` mapping (order-independent).
+
+    Examples
+    --------
+    >>> fingerprint({"a": (1, 2)}) == fingerprint({"a": [1, 2]})
+    True
+    """
+    text = json.dumps(sorted((k, [int(s) for s in v]) for k, v in shapes.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save(
+    split_model: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write ``weights.safetensors``, ``plan.json`` and ``plan.safetensors`` into ``directory``.
+
+    The weights file holds the split model's full state dict (tensors copied to contiguous
+    CPU storage, so shared/aliased tensors are fine). The plan files hold the plan
+    reconstructed from the model's split layers plus meta: the neuronsplit version, the
+    original model class name and a fingerprint of the original parameter shapes. Merge
+    scales are not stored; steering in progress is therefore not saved. Existing files
+    are replaced atomically. The model is not modified.
+
+    Parameters
+    ----------
+    split_model : nn.Module
+        A model returned by ``apply_plan`` (an unsplit model gives an empty plan).
+    directory : str or Path
+        Created if needed.
+    meta : dict, optional
+        Extra JSON-compatible metadata stored in the plan.
+
+    Returns
+    -------
+    Path
+        The directory.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from neuronsplit.plan import UnitSplit
+    >>> m = nn.Sequential(nn.Linear(3, 2))
+    >>> s = apply_plan(m, SplitPlan([UnitSplit("0", 0, [[0], [1]], shared=[2])]))
+    >>> d = save(s, tempfile.mkdtemp())
+    >>> sorted(p.name for p in d.iterdir())
+    ['plan.json', 'plan.safetensors', 'weights.safetensors']
+    """
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    if not isinstance(split_model, nn.Module):
+        raise TypeError(f"split_model must be an nn.Module, got {type(split_model).__name__}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in split_model.state_dict().items():
+        if not torch.is_tensor(value):
+            raise TypeError(
+                f"state_dict entry {key!r} is a {type(value).__name__}; only tensors can be "
+                "saved to safetensors"
+            )
+        # clone: safetensors refuses tensors that share storage (tied weights, views)
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+    shapes = original_shapes(split_model)
+    plan = plan_of(split_model)
+    full_meta = {
+        **(meta or {}),
+        "neuronsplit_version": __version__,
+        "model_class": type(split_model).__name__,
+        "original_fingerprint": fingerprint(shapes),
+        "num_tensors": len(shapes),
+    }
+    plan_path = plan.with_meta(full_meta).save(directory / PLAN_FILE)
+    header = {"format": "pt", "neuronsplit": __version__, "plan_sha256": sha256_file(plan_path)}
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=header))
+    return directory
+
+
+def _diff_message(cls: str, expected: dict[str, tuple], found: dict[str, tuple]) -> str:
+    """PyTorch-style 'Missing key(s) / Unexpected key(s) / size mismatch' text."""
+    msgs = []
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing:
+        msgs.append(f"Missing key(s) in state_dict: {_keys(missing)}. ")
+    if unexpected:
+        msgs.append(f"Unexpected key(s) in state_dict: {_keys(unexpected)}. ")
+    for k, shape in expected.items():
+        if k in found and tuple(found[k]) != tuple(shape):
+            msgs.append(
+                f"size mismatch for {k}: copying a param with shape {torch.Size(found[k])} from "
+                f"checkpoint, the shape in current model is {torch.Size(shape)}."
+            )
+    if not msgs:
+        return ""
+    return f"Error(s) in loading state_dict for {cls}:\n\t" + "\n\t".join(msgs)
+
+
+def _keys(keys: list[str], limit: int = 20) -> str:
+    text = ", ".join(f'"{k}"' for k in keys[:limit])
+    return text + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return shapes, dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
+        raise CorruptFileError(
+            f"{str(path)!r} is not a readable safetensors file ({type(err).__name__}: {err}); "
+            "re-create it with neuronsplit.save"
+        ) from err
+
+
+def load(directory: str | Path, model: nn.Module) -> nn.Module:
+    """Rebuild a split model saved by :func:`save` on top of ``model``.
+
+    ``model`` must be an instance of the original architecture; it is not modified (the plan
+    is applied to a deep copy, whose weights are then all replaced by the saved ones, cast to
+    the copy's dtypes as ``load_state_dict`` does).
+
+    Parameters
+    ----------
+    directory : str or Path
+        Holds ``plan.json`` and ``weights.safetensors``.
+    model : nn.Module
+        A fresh instance of the original (unsplit) architecture.
+
+    Returns
+    -------
+    nn.Module
+        The split model, in ``model``'s training/eval mode.
+
+    Raises
+    ------
+    CorruptFileError
+        Missing files, invalid JSON or plan, unreadable safetensors, files from different saves.
+    PlanMismatchError
+        The plan or the weights do not fit ``model`` (missing layer, unit out of range, missing
+        or unexpected keys, shape mismatch); the message names the mismatch.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from neuronsplit.plan import UnitSplit
+    >>> m = nn.Sequential(nn.Linear(3, 2))
+    >>> s = apply_plan(m, SplitPlan([UnitSplit("0", 0, [[0], [1]], shared=[2])]))
+    >>> d = save(s, tempfile.mkdtemp())
+    >>> type(load(d, nn.Sequential(nn.Linear(3, 2)))[0]).__name__
+    'SplitLinear'
+    """
+    from safetensors.torch import load_file
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    directory = Path(directory)
+    plan_path, weights_path = directory / PLAN_FILE, directory / WEIGHTS_FILE
+    for p in (plan_path, weights_path):
+        if not p.is_file():
+            raise CorruptFileError(
+                f"{str(p)!r} does not exist; a saved split model needs both {PLAN_FILE} and "
+                f"{WEIGHTS_FILE} (write them with neuronsplit.save)"
+            )
+    try:
+        plan = SplitPlan.load(plan_path)
+    except PlanError as err:
+        raise CorruptFileError(f"{str(plan_path)!r} holds an invalid plan: {err}") from err
+    file_shapes, header = _header_shapes(weights_path)
+    if "plan_sha256" in header and header["plan_sha256"] != sha256_file(plan_path):
+        raise CorruptFileError(
+            f"{str(plan_path)!r} and {str(weights_path)!r} come from different saves (the plan "
+            "hash in the weights file does not match); save the model again"
+        )
+    _check_fingerprint(plan, model, file_shapes, directory)
+    try:
+        split = apply_plan(model, plan)
+    except (UnknownLayerError, UnsupportedLayerError, PlanError) as err:
+        raise PlanMismatchError(
+            f"the plan in {str(plan_path)!r} does not fit the given {type(model).__name__}: {err}"
+        ) from err
+    expected = {k: tuple(v.shape) for k, v in split.state_dict().items() if torch.is_tensor(v)}
+    msg = _diff_message(type(split).__name__, expected, file_shapes)
+    if msg:
+        raise PlanMismatchError(f"{str(weights_path)!r} does not fit the split model. {msg}")
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:
+        raise CorruptFileError(f"cannot read tensors from {str(weights_path)!r}: {err}") from err
+    try:
+        split.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise PlanMismatchError(
+            f"{str(weights_path)!r} does not fit the split model: {err}"
+        ) from err
+    return split
+
+
+def _check_fingerprint(
+    plan: SplitPlan, model: nn.Module, file_shapes: dict[str, tuple[int, ...]], directory: Path
+) -> None:
+    """Refuse a model whose parameter shapes differ from the one the files were saved from."""
+    saved_fp = plan.meta.get("original_fingerprint")
+    if saved_fp is None:
+        return  # plan written by hand: the strict key/shape check below still applies
+    shapes = original_shapes(model)
+    if fingerprint(shapes) == saved_fp:
+        return
+    # derive the original shapes stored in the file to say what differs
+    orig_file = dict(file_shapes)
+    for name, layer_split in plan.by_layer().items():
+        extra = layer_split.num_extra_rows
+        for pname in ("weight", "bias"):
+            key = f"{name}.subunits.{pname}"
+            if key in orig_file:
+                shape = orig_file.pop(key)
+                orig_file[f"{name}.{pname}"] = (shape[0] - extra, *shape[1:])
+    detail = _diff_message(type(model).__name__, shapes, orig_file) or "(shapes differ)"
+    raise PlanMismatchError(
+        f"{str(directory)!r} was saved from a {plan.meta.get('model_class', '?')} whose "
+        f"parameter shapes differ from the given {type(model).__name__} (fingerprint "
+        f"{saved_fp} vs {fingerprint(shapes)}); pass a fresh instance of the original "
+        f"architecture. {detail}"
+    )

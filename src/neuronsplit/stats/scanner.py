@@ -1,0 +1,366 @@
+"""The streaming scan: one pass over a DataLoader that fills a :class:`ScanResult`.
+
+For every batch the scan runs one forward pass with :func:`neuronsplit.capture.capture` on the
+chosen layers (outputs for the gradient, input tap sums computed in the hook) and one backward
+pass (``torch.autograd.grad``) from the target logits to those layers' outputs only, so nothing
+upstream of the earliest chosen layer is differentiated and no ``.grad`` is written to any
+parameter. The relevance backend owns the model session and the seed. Under ``torchrun`` the
+data is sharded (see :mod:`neuronsplit.stats.sharding`) and every statistic is all-reduced on
+the scan's device before it moves to the CPU, so every process returns the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..capture import (
+    capture,
+    check_supported,
+    eval_mode,
+    flat_weight,
+    layer_kind,
+    layer_shape,
+    resolve_layer,
+    tap_sums,
+)
+from ..errors import IncompatibleResultsError, InputShapeError, InvalidTargetError, NonFiniteError
+from ..relevance import RelevanceBackend, get_backend
+from .batches import split_batch, targets_of
+from .result import DEFAULT_TAU_GRID, LayerStats, ScanResult
+from .sharding import (
+    Shard,
+    check_same_everywhere,
+    current_shard,
+    max_over_ranks,
+    sharded_batches,
+    sync_failure,
+)
+from .statistics import ClassCounts, ClassSums, LayerBatch, TapSums, TauCounts, TopN
+
+__all__ = ["scan"]
+
+
+def _per_position(tensor: Tensor, kind: str) -> Tensor:
+    """``(B, C, positions)`` view of a layer output (conv pixels, tokens, or one position)."""
+    if kind == "conv2d":
+        return tensor.flatten(2)
+    if tensor.dim() == 2:
+        return tensor.unsqueeze(-1)
+    return tensor.movedim(-1, 1).reshape(tensor.shape[0], tensor.shape[-1], -1)
+
+
+class _Accumulator:
+    """The statistics of every scanned layer, created once the number of classes is known."""
+
+    def __init__(
+        self,
+        modules: dict[str, nn.Module],
+        taus: tuple[float, ...],
+        top_n: int,
+        device: torch.device,
+    ) -> None:
+        self.modules = modules
+        self.taus = taus
+        self.top_n = top_n
+        self.device = device
+        self.counts: ClassCounts | None = None
+        self.layers: dict[str, dict[str, Any]] = {}
+
+    def allocate(self, num_classes: int) -> None:
+        if self.counts is not None:
+            return
+        dev = self.device
+        self.counts = ClassCounts.zeros(num_classes, dev)
+        for name, module in self.modules.items():
+            units, _ = layer_shape(module)
+            _, inputs, taps = flat_weight(module).shape
+            stats: dict[str, Any] = {
+                "important": TauCounts.zeros(self.taus, num_classes, units, dev),
+                "relevance_sum": ClassSums.zeros(num_classes, units, dev),
+                "input_sums": TapSums.zeros(num_classes, inputs, taps, dev),
+            }
+            if self.top_n:
+                stats["top_activation"] = TopN.empty(units, self.top_n, "activation", dev)
+                stats["top_relevance"] = TopN.empty(units, self.top_n, "relevance", dev)
+            self.layers[name] = stats
+
+    def update(self, name: str, batch: LayerBatch) -> None:
+        for stat in self.layers[name].values():
+            stat.update(batch)
+
+    def all_reduce(self, shard: Shard) -> None:
+        if self.counts is not None:
+            self.counts.all_reduce(shard.group)
+        for stats in self.layers.values():
+            for stat in stats.values():
+                stat.all_reduce(shard.group)
+
+
+def _check_arguments(
+    model: nn.Module, names: list[str], target: str, taus: tuple[float, ...], num_classes: Any,
+    top_n: int,
+) -> None:  # fmt: skip
+    if not names:
+        raise ValueError("layers is empty; name at least one Conv2d/Linear layer, e.g. ['fc2']")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layers lists a name twice: {names}")
+    for name in names:  # fail fast, before any computation
+        check_supported(resolve_layer(model, name), name)
+    if target not in ("label", "prediction"):
+        raise ValueError(f"target must be 'label' or 'prediction', got {target!r}")
+    if not taus or any(not 0.0 < t <= 1.0 for t in taus):
+        raise ValueError(f"tau_grid must hold thresholds in (0, 1], got {list(taus)}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
+        raise ValueError(f"top_n must be an int >= 0 (0 keeps no samples), got {top_n!r}")
+
+
+def scan(
+    model: nn.Module,
+    loader: Iterable[Any],
+    layers: str | Sequence[str],
+    num_classes: int | None = None,
+    *,
+    relevance: str | RelevanceBackend = "grad_x_act",
+    target: str = "label",
+    tau_grid: Sequence[float] = DEFAULT_TAU_GRID,
+    top_n: int = 32,
+    device: str | torch.device | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+    shard: bool = True,
+    sample_offset: int = 0,
+) -> ScanResult:
+    """Scan ``model`` over ``loader`` and accumulate per-class statistics of ``layers``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A classifier returning logits ``(B, num_classes)``. It is run in eval mode and never
+        modified (its training flags are restored afterwards).
+    loader : iterable
+        Yields ``(inputs, labels)`` pairs (or bare inputs with ``target="prediction"``).
+    layers : str or sequence of str
+        Dotted names of ``nn.Conv2d`` / ``nn.Linear`` layers, e.g. ``"layer4.2.conv3"``.
+    num_classes : int, optional
+        Number of classes; inferred from the logits when omitted.
+    relevance : "grad_x_act" or RelevanceBackend
+        ``"grad_x_act"`` (default, Hesse et al.) or ``ns.Zennit(composite, canonizers=...)``.
+    target : {"label", "prediction"}
+        Which logit the relevance explains; images are counted under that class.
+    tau_grid : sequence of float
+        Thresholds at which importance counts are kept (detection can use any of them).
+    top_n : int, default 32
+        Keep, per unit, the indices of the ``top_n`` samples with the largest activation and
+        the largest relevance (0: keep none).
+    device : str or torch.device, optional
+        Where to run and accumulate; defaults to the device of the model's first parameter.
+    max_batches : int, optional
+        Stop after this many batches of the (unsharded) loader.
+    progress : bool
+        Show a tqdm progress bar.
+    shard : bool, default True
+        Under ``torch.distributed``: split the data over the processes and all-reduce the
+        statistics (see :mod:`neuronsplit.stats.sharding`); ``False`` scans the whole loader
+        in every process without communicating.
+    sample_offset : int, default 0
+        Added to every sample index (scan consecutive parts with offsets, then ``merge``).
+
+    Returns
+    -------
+    ScanResult
+        Statistics of size O(units x classes x inputs); nothing per sample.
+
+    Raises
+    ------
+    UnknownLayerError, UnsupportedLayerError
+        Bad layer names or types (checked before any computation).
+    InvalidTargetError
+        Labels outside ``[0, num_classes)``, or no labels with ``target="label"``.
+    NonFiniteError
+        NaN/inf in inputs, activations, logits or relevances.
+    IncompatibleResultsError
+        Processes of a distributed scan that disagree on layers, shapes or classes.
+
+    Examples
+    --------
+    >>> import neuronsplit as ns
+    >>> from neuronsplit.demo import DigitsNet, digits_loader
+    >>> res = ns.scan(DigitsNet(), digits_loader("test"), ["fc2"], progress=False)
+    >>> res.num_samples, res.layer("fc2").num_units
+    (397, 6)
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    taus = tuple(float(t) for t in tau_grid)
+    _check_arguments(model, names, target, taus, num_classes, top_n)
+    backend = get_backend(relevance)
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    where = current_shard() if shard else Shard()
+    modules = {name: resolve_layer(model, name) for name in names}
+    acc = _Accumulator(modules, taus, top_n, device)
+    batches = 0
+    try:
+        batches, num_classes = _loop(
+            model, loader, names, num_classes, backend, target, acc, device, where, max_batches,
+            progress, sample_offset,
+        )  # fmt: skip
+    except BaseException:
+        if where.world > 1:
+            with contextlib.suppress(Exception):
+                sync_failure(where, True, device)
+        raise
+    if where.world > 1:
+        sync_failure(where, False, device)
+        num_classes, batches = _agree(
+            where, model, modules, num_classes, taus, backend, target, top_n, device, batches
+        )
+        acc.allocate(num_classes)  # a process that got no batch takes part with empty statistics
+        acc.all_reduce(where)
+    if acc.counts is None:
+        raise InputShapeError("the loader yielded no batches; nothing was scanned")
+    result_layers = {}
+    for name, module in modules.items():
+        weight = flat_weight(module).detach().to("cpu", torch.float64).clone()
+        stats = {k: s.to("cpu") for k, s in acc.layers[name].items()}
+        result_layers[name] = LayerStats(name, layer_kind(module), weight, stats)
+    meta = {
+        "model": type(model).__name__,
+        "batches": batches,
+        "merged": 1,
+        "processes": where.world,
+    }
+    return ScanResult(
+        result_layers,
+        acc.counts.to("cpu"),
+        taus,
+        backend.describe(),
+        target,
+        meta,  # type: ignore[arg-type]
+    )
+
+
+def _agree(
+    where: Shard, model: nn.Module, modules: dict[str, nn.Module], num_classes: int | None,
+    taus: tuple[float, ...], backend: RelevanceBackend, target: str, top_n: int,
+    device: torch.device, batches: int,
+) -> tuple[int, int]:  # fmt: skip
+    """Check that every process scanned the same thing; give idle processes their statistics."""
+    import torch.distributed as dist
+
+    hi, lo = max_over_ranks(where, -1 if num_classes is None else num_classes, device)
+    if hi < 0:
+        raise InputShapeError("the loader yielded no batches on any process; nothing was scanned")
+    if lo != hi:
+        raise IncompatibleResultsError(
+            f"scan processes disagree on the number of classes ({lo} vs {hi}); pass "
+            "num_classes= or scan the same model everywhere"
+        )
+    signature = {
+        "layers": [(n, *layer_shape(m), tuple(m.weight.shape)) for n, m in modules.items()],
+        "tau_grid": list(taus),
+        "relevance": backend.describe(),
+        "target": target,
+        "top_n": top_n,
+        "model": type(model).__name__,
+    }
+    check_same_everywhere(where, signature)
+    count = torch.tensor([batches], dtype=torch.int64, device=device)
+    dist.all_reduce(count, group=where.group)
+    return hi, int(count.item())
+
+
+def _loop(
+    model: nn.Module, loader: Iterable[Any], names: list[str], num_classes: int | None,
+    backend: RelevanceBackend, target: str, acc: _Accumulator, device: torch.device,
+    where: Shard, max_batches: int | None, progress: bool, sample_offset: int,
+) -> tuple[int, int | None]:  # fmt: skip
+    """The per-batch work; returns the number of batches this process scanned and the classes."""
+    batches = 0
+    kinds = {name: layer_kind(m) for name, m in acc.modules.items()}
+    stream, total = sharded_batches(loader, where, max_batches, sample_offset)
+    with (
+        eval_mode(model),
+        backend.session(model, copy=True) as work,
+        capture(work, names, grad=True, input_fn=tap_sums_of) as cap,
+    ):
+        bar = tqdm(stream, total=total, desc="neuronsplit scan", unit="batch", disable=not progress)
+        for batch, index in bar:
+            x, labels = split_batch(batch)
+            x = x.to(device)
+            cap.clear()
+            with torch.enable_grad():
+                logits = work(x)
+            if not isinstance(logits, Tensor) or logits.dim() != 2:
+                raise InputShapeError(
+                    "scan needs a model that returns logits shaped (batch, classes), got "
+                    f"{getattr(logits, 'shape', type(logits).__name__)}; wrap the model so it "
+                    "returns the class logits."
+                )
+            if num_classes is None:
+                num_classes = int(logits.shape[1])
+            elif logits.shape[1] < num_classes:
+                raise InvalidTargetError(
+                    f"num_classes={num_classes} but the model outputs only {logits.shape[1]} logits"
+                )
+            if not torch.isfinite(logits).all():
+                raise NonFiniteError(f"batch {batches} produced NaN/inf logits")
+            targets = targets_of(logits, labels, target, num_classes, batches)
+            outputs = [cap.output(name) for name in names]
+            seed = F.one_hot(targets, logits.shape[1]).to(logits.dtype) * backend.output_seed(
+                logits
+            )
+            grads = torch.autograd.grad(logits, outputs, grad_outputs=seed, allow_unused=True)
+            acc.allocate(num_classes)
+            index = index.to(device)
+            for name, out, grad in zip(names, outputs, grads, strict=True):
+                kind = kinds[name]
+                out = out.detach()
+                if grad is None:  # the layer does not influence the logits at all
+                    grad = torch.zeros_like(out)
+                elementwise = backend.relevance(out, grad)
+                rel = backend.unit_relevance(out, grad, kind)
+                # one cheap check on (B, C) instead of scanning every activation: NaN/inf
+                # anywhere in the layer output or its gradient reaches the relevance
+                if not torch.isfinite(rel).all():
+                    _raise_non_finite(name, out, x, batches)
+                act_max = act_pos = rel_pos = None
+                if acc.top_n:
+                    act_max, act_pos = _per_position(out, kind).max(-1)
+                    rel_pos = _per_position(elementwise, kind).argmax(-1)
+                acc.update(
+                    name,
+                    LayerBatch(targets, index, rel, cap.input(name), act_max, act_pos, rel_pos),
+                )
+            acc.counts.add(targets)  # type: ignore[union-attr]
+            batches += 1
+    return batches, num_classes
+
+
+def tap_sums_of(module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
+    """Capture hook: the input's per-tap sums (the scan never keeps the input itself)."""
+    return tap_sums(module, x, out.shape)
+
+
+def _raise_non_finite(name: str, out: Tensor, x: Tensor, batch: int) -> None:
+    """Say precisely where NaN/inf came from (only runs on the failure path)."""
+    if not torch.isfinite(x).all():
+        where = "the inputs"
+    elif not torch.isfinite(out).all():
+        where = f"the activations of layer {name!r}"
+    else:
+        where = f"the gradient reaching layer {name!r}"
+    raise NonFiniteError(
+        f"NaN/inf in {where} in batch {batch}; check the inputs (normalised images?) and the "
+        "model's weights (a finite checkpoint?)."
+    )

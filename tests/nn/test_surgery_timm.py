@@ -1,0 +1,82 @@
+"""Exactness on timm models at random init (no downloads): ResNet-50, ViT-B/16, DINOv2."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from helpers import assert_unchanged, layer_sizes, random_split, randomize_norms, snapshot
+from neuronsplit.plan import SplitPlan
+from neuronsplit.nn import apply_plan, get_split_layer
+from neuronsplit.nn import verify_equivalence
+
+timm = pytest.importorskip("timm")
+
+pytestmark = pytest.mark.slow
+
+
+def _plan(model, layers: dict[str, int], seed: int = 0) -> SplitPlan:
+    """``layers`` maps name -> number of units to split there (random K, form, partition)."""
+    rng = random.Random(seed)
+    mods = dict(model.named_modules())
+    splits = []
+    for name, n_units in layers.items():
+        n_in, n_out = layer_sizes(mods[name])
+        for i, unit in enumerate(rng.sample(range(n_out), n_units)):
+            merge = ("overlap", "disjoint")[i % 2]
+            splits.append(random_split(rng, name, unit, n_in, rng.choice([2, 3, 4]), merge))
+    return SplitPlan(splits)
+
+
+def _inputs(n_batches: int = 2, batch: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(123)
+    return [torch.randn(batch, 3, 224, 224, generator=g) for _ in range(n_batches)]
+
+
+def _check(model, plan: SplitPlan) -> None:
+    model = randomize_norms(model).eval()
+    snap = snapshot(model)
+    split = apply_plan(model, plan)
+    report = verify_equivalence(model, split, _inputs())
+    assert report.passed, str(report)
+    assert [r.dtype for r in report.rows] == ["float32", "float64"]
+    for row in report.rows:
+        assert row.n_batches == 2
+        assert row.output_max_ref > 0.1, "degenerate output would hide a wrong split"
+        assert row.output_rel <= (1e-10 if row.dtype == "float64" else 1e-5)
+        assert {lay.layer for lay in row.layers} == set(plan.layers)
+        for lay in row.layers:
+            assert lay.max_ref > 0
+            assert len(lay.split_units) == len(plan.by_layer()[lay.layer])
+    assert_unchanged(model, snap)
+    for name, splits in plan.by_layer().items():
+        layer = get_split_layer(split, name)
+        assert layer.split_units == tuple(s.unit for s in splits)
+
+
+def test_resnet50_exact():
+    model = timm.create_model("resnet50", pretrained=False)
+    plan = _plan(model, {"conv1": 2, "layer1.0.conv2": 2, "layer4.2.conv3": 3, "fc": 2})
+    _check(model, plan)
+
+
+def test_vit_b16_exact():
+    model = timm.create_model("vit_base_patch16_224", pretrained=False)
+    layers = {
+        "blocks.3.mlp.fc1": 2,
+        "blocks.3.mlp.fc2": 2,
+        "blocks.3.attn.proj": 2,
+        "blocks.3.attn.qkv": 3,
+    }
+    _check(model, _plan(model, layers, seed=1))
+
+
+def test_dinov2_exact_with_layerscale():
+    model = timm.create_model(
+        "vit_base_patch14_dinov2", pretrained=False, img_size=224, num_classes=10
+    )
+    assert type(model.blocks[5].ls2).__name__ == "LayerScale"
+    layers = {"blocks.5.mlp.fc2": 3, "blocks.5.mlp.fc1": 2, "blocks.1.attn.proj": 2}
+    _check(model, _plan(model, layers, seed=2))
