@@ -32,8 +32,8 @@ import timm
 import torch
 from torch import nn
 
+from neuronsplit.nn import apply_plan, iter_split_layers
 from neuronsplit.plan import SplitPlan, UnitSplit
-from neuronsplit.surgery import apply_plan, iter_split_layers
 
 N_CHANNELS = 20
 
@@ -62,7 +62,12 @@ def make_plan(model: nn.Module, layers: list[str], seed: int) -> SplitPlan:
 
 
 def hesse_model(split_model: nn.Module) -> nn.Module:
-    """Replace every split layer by ``Sequential(widened conv, dense 1x1 merge conv)``."""
+    """Replace every split layer by ``Sequential(widened conv, dense 1x1 merge conv)``.
+
+    The official construction has the same shapes (the widened conv, then a dense C + E -> C
+    merge); the merge weights here add neuronsplit's disjoint rows (all coefficients 1), so the
+    model computes the same function and the timing compares like with like.
+    """
     model = copy.deepcopy(split_model)
     for name, layer in list(iter_split_layers(model)):
         c, e = layer.original_out, layer.merge.num_extra
@@ -71,8 +76,8 @@ def hesse_model(split_model: nn.Module) -> nn.Module:
         with torch.no_grad():
             m = torch.zeros(c, c + e, dtype=dtype)
             m[:, :c] = torch.eye(c, dtype=dtype)
-            for j, (unit, coef) in enumerate(zip(layer.merge.index, layer.merge.coef, strict=True)):
-                m[unit, c + j] = coef
+            for j, unit in enumerate(layer.merge.index.tolist()):
+                m[unit, c + j] = 1.0
             merge.weight.copy_(m[:, :, None, None])
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, nn.Sequential(layer.subunits, merge))

@@ -25,8 +25,8 @@ from captum.attr import visualization as viz
 from matplotlib.figure import Figure
 
 import neuronsplit as ns
-from neuronsplit.data import load_digits
-from neuronsplit.demo_model import get_demo_model
+from neuronsplit.attribution import subunit_channel
+from neuronsplit.demo import demo_plan, get_demo_model, load_digits
 
 
 def hwc(t: torch.Tensor) -> np.ndarray:
@@ -75,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         plan = ns.SplitPlan.from_json(Path(args.plan))  # + ns
     else:
-        from neuronsplit.demo import demo_plan
-
         plan = demo_plan(model)[2]  # + ns: scan, find polysemantic fc2 units, plan their split
     split = ns.apply_plan(model, plan)  # + ns: an exact copy whose split units have subunits
     layer, unit = plan.splits[0].layer, plan.splits[0].unit  # + ns
@@ -108,17 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     fig.tight_layout()
     fig.savefig(out / "subunits.png")
 
-    # Captum's own layer method on the subunit layer (all units, then the subunit rows)
+    # Captum's own layer method on the subunit layer: the original units, then the extra rows.
+    # The rows are the disjoint parts of a split unit: t_k (its subunit-k inputs) and r (shared
+    # inputs and bias); in Hesse's overlap form subunit k reads t_k + r, and its Captum neuron
+    # selector (ns.subunit_selector) adds the two rows.
     lig = LayerIntegratedGradients(split, ns.subunit_layer(split, layer))  # + ns
     x, t = test.images[tops[0] : tops[0] + 1], int(predicted[tops[0]])
     layer_attr = lig.attribute(x, baselines=x * 0, target=t, n_steps=32)[0]
     names = [f"u{u}" for u in range(split.get_submodule(layer).original_out)]
     for ref in dis.subunits(layer):
-        channel = ns.subunit_selector(split, ref)  # + ns: a Captum neuron selector
-        if channel >= len(names):
-            names.append(str(ref).split("/", 1)[1])
+        row = subunit_channel(split, ref)  # + ns: the row that holds t_k (or r)
+        name = f"u{ref.unit}/" + ("r" if ref.is_residual else f"t{ref.k}")
+        if row >= len(names):
+            names.append(name)
         else:
-            names[channel] = str(ref).split("/", 1)[1]
+            names[row] = name
     fig = Figure(figsize=(max(6, 0.6 * len(names)), 3.5))
     ax = fig.subplots()
     ax.bar(range(len(names)), layer_attr.detach().numpy())

@@ -26,8 +26,8 @@ from neuronsplit.errors import (
     PlanMismatchError,
     UnknownSubunitError,
 )
-from neuronsplit.plan import SplitPlan, UnitSplit
 from neuronsplit.nn import apply_plan
+from neuronsplit.plan import SplitPlan, UnitSplit
 
 _MODULE_HOOKS = (
     "_forward_hooks",
@@ -79,7 +79,13 @@ class Net(nn.Module):
 PLAN = SplitPlan(
     [
         UnitSplit("conv", 2, [[0], []], merge="disjoint"),
-        UnitSplit("fc", 1, [list(range(50)), list(range(50, 80))], shared=list(range(80, 100))),
+        UnitSplit(
+            "fc",
+            1,
+            [list(range(50)), list(range(50, 80))],
+            shared=list(range(80, 100)),
+            merge="overlap",  # subunits of fc read two rows (t_k + r)
+        ),
     ]
 )
 
@@ -240,6 +246,20 @@ CASES: dict[str, tuple[Call, type[BaseException] | None, bool]] = {
     "neuron_gradient": (
         lambda m: NeuronGradient(m, subunit_layer(m, "fc")).attribute(
             _x(), subunit_selector(m, ("fc", 1, "residual"))
+        ),
+        None,
+        False,
+    ),
+    "neuron_gradient_overlap": (
+        lambda m: NeuronGradient(m, subunit_layer(m, "fc")).attribute(
+            _x(), subunit_selector(m, ("fc", 1, 0))
+        ),
+        None,
+        False,
+    ),
+    "zennit_overlap_attribute": (
+        lambda m: Disentangle(m, relevance=_epsilon_plus_flat()).attribute(
+            _x(), target=1, subunit="fc/u1/k1"
         ),
         None,
         False,

@@ -1,9 +1,15 @@
-"""Subunits as neurons: Captum's layer and neuron methods run unchanged on ``.subunits``."""
+"""Subunits as neurons: Captum's layer and neuron methods run unchanged on ``.subunits``.
+
+The ``.subunits`` child holds the disjoint rows (``t_k`` and the residual ``r``) whatever the
+merge form; an overlap subunit is the sum of two rows, ``t_k + r`` (:func:`subunit_rows`), and
+its Captum selector a :class:`ChannelSumSelector`.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from captum.attr import (
     LayerActivation,
     LayerConductance,
@@ -17,10 +23,16 @@ from captum.attr import (
 from torch import nn
 
 from neuronsplit import SubunitRef, subunit_layer, subunit_selector
+from neuronsplit.attribution import (
+    ChannelSumSelector,
+    TokenSumSelector,
+    subunit_channel,
+    subunit_refs,
+    subunit_rows,
+)
 from neuronsplit.errors import UnknownSubunitError
-from neuronsplit.attribution import TokenSumSelector, subunit_channel, subunit_refs
-from neuronsplit.plan import SplitPlan, UnitSplit
 from neuronsplit.nn import apply_plan
+from neuronsplit.plan import SplitPlan, UnitSplit
 
 DT = torch.float64
 N_STEPS = 8  # integrated-gradient steps: enough to compare split and original, cheap on 2 cores
@@ -63,15 +75,18 @@ def _skew(model: nn.Module) -> nn.Module:
     return model.to(DT).eval()
 
 
+# layer -> unit -> (groups, shared): unit 1 has K=2, unit 3 has K=3
+SPLITS = {
+    "conv2": {1: ([[0, 1], [2]], [3]), 3: ([[0], [1], [2]], [3])},
+    "fc2": {1: ([[0, 1, 2], [3, 4]], [5, 6, 7]), 3: ([[0], [1], [2, 3]], [4, 5, 6, 7])},
+}
+
+
 def _plan(layer: str, merge: str) -> SplitPlan:
     return SplitPlan(
         [
-            UnitSplit(layer, 1, [[0, 1], [2]], shared=[3], merge=merge)
-            if layer == "conv2"
-            else UnitSplit(layer, 1, [[0, 1, 2], [3, 4]], shared=[5, 6, 7], merge=merge),
-            UnitSplit(layer, 3, [[0], [1], [2]], shared=[3], merge=merge)
-            if layer == "conv2"
-            else UnitSplit(layer, 3, [[0], [1], [2, 3]], shared=[4, 5, 6, 7], merge=merge),
+            UnitSplit(layer, unit, groups, shared=shared, merge=merge)
+            for unit, (groups, shared) in SPLITS[layer].items()
         ]
     )
 
@@ -84,7 +99,9 @@ CASES = {
 UNSPLIT = [0, 2, 4]
 
 
-def _setup(kind: str, merge: str = "disjoint"):
+def _setup(
+    kind: str, merge: str = "disjoint"
+) -> tuple[nn.Module, nn.Module, str, torch.Tensor, int]:
     make, layer, shape, dim, n_units = CASES[kind]
     model = _skew(make())
     split = apply_plan(model, _plan(layer, merge))
@@ -92,7 +109,7 @@ def _setup(kind: str, merge: str = "disjoint"):
     return model, split, layer, x, n_units
 
 
-def _orig_selector(kind: str, unit: int):
+def _orig_selector(kind: str, unit: int) -> int | tuple[int, slice, slice]:
     return (unit, slice(None), slice(None)) if kind == "conv" else unit
 
 
@@ -137,6 +154,95 @@ def test_selector_forms() -> None:
         "fc2/u3/k2",
         "fc2/u3/residual",
     ]
+
+
+def test_overlap_selector_forms() -> None:
+    """An overlap subunit is two rows (t_k + r); the overlap residual is one row."""
+    _, split, _, _, _ = _setup("conv", "overlap")
+    sel = subunit_selector(split, ("conv2", 3, 2))
+    assert isinstance(sel, ChannelSumSelector)
+    assert sel.channels == ((9, 1.0), (10, 1.0)) and sel.dim == -3
+    # k=0 of a split unit: its own channel plus the residual row
+    assert subunit_selector(split, ("conv2", 1, 0)).channels == ((1, 1.0), (7, 1.0))
+    assert subunit_selector(split, ("conv2", 3, -1)) == (10, slice(None), slice(None))
+    assert subunit_selector(split, ("conv2", 0, 0)) == (0, slice(None), slice(None))  # unsplit
+    _, msplit, _, _, _ = _setup("mlp", "overlap")
+    sel = subunit_selector(msplit, ("fc2", 1, 1), ndim=3)
+    assert isinstance(sel, ChannelSumSelector) and sel.channels == ((5, 1.0), (6, 1.0))
+    assert sel.dim == -1
+    tokens = torch.arange(2 * 4 * 10, dtype=DT).reshape(2, 4, 10)
+    torch.testing.assert_close(sel(tokens), (tokens[..., 5] + tokens[..., 6]).sum(1))
+    assert subunit_selector(msplit, ("fc2", 1, "residual")) == 6
+    with pytest.raises(ValueError, match=r"overlap subunits are a sum of two rows"):
+        subunit_selector(msplit, ("fc2", 1, 1), ndim=3, token=0)
+
+
+# (unit, k) -> rows of the mlp plan (C=5; extra rows: u1 k1=5, r=6; u3 k1=7, k2=8, r=9)
+DISJOINT_ROWS = {(1, 0): (1,), (1, 1): (5,), (3, 0): (3,), (3, 1): (7,), (3, 2): (8,)}
+OVERLAP_ROWS = {(1, 0): (1, 6), (1, 1): (5, 6), (3, 0): (3, 9), (3, 1): (7, 9), (3, 2): (8, 9)}
+
+
+@pytest.mark.parametrize("merge", ["disjoint", "overlap"])
+def test_subunit_rows(merge: str) -> None:
+    _, split, _, _, _ = _setup("mlp", merge)
+    expected = DISJOINT_ROWS if merge == "disjoint" else OVERLAP_ROWS
+    for (unit, k), rows in expected.items():
+        layer, got, coef = subunit_rows(split, ("fc2", unit, k))
+        assert layer is split.fc2
+        assert got == tuple((row, 1.0) for row in rows), (unit, k)
+        assert coef == 1.0
+        assert subunit_channel(split, ("fc2", unit, k)) == rows[0]
+    # the residual is one row in both forms; in the overlap form it enters the merge with
+    # -(K-1): -1 for unit 1 (K=2), -2 for unit 3 (K=3)
+    overlap = merge == "overlap"
+    assert subunit_rows(split, ("fc2", 1, -1))[1:] == (((6, 1.0),), -1.0 if overlap else 1.0)
+    assert subunit_rows(split, ("fc2", 3, "residual"))[1:] == (
+        ((9, 1.0),),
+        -2.0 if overlap else 1.0,
+    )
+    assert subunit_rows(split, ("fc2", 0, 0))[1:] == (((0, 1.0),), 1.0)  # unsplit unit
+    with pytest.raises(UnknownSubunitError, match=r"unit 0 of layer 'fc2' is not split"):
+        subunit_rows(split, ("fc2", 0, 1))
+
+
+def _hand_parts(
+    model: nn.Module, layer: str, unit: int, x: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``t_k`` per group, the residual ``r`` and ``z_u``, from the unsplit weights."""
+    h = model.act1(model.conv1(x) if layer == "conv2" else model.fc1(x))
+    orig = model.get_submodule(layer)
+    w, b = orig.weight[unit : unit + 1], orig.bias[unit : unit + 1]
+
+    def part(idx: list[int], bias: torch.Tensor | None) -> torch.Tensor:
+        if layer == "conv2":
+            return F.conv2d(h[:, idx], w[:, idx], bias, padding=1)[:, 0]
+        return F.linear(h[:, idx], w[:, idx], bias)[:, 0]
+
+    groups, shared = SPLITS[layer][unit]
+    z = orig(h).select(1, unit)
+    return [part(g, None) for g in groups], part(shared, b), z
+
+
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+@pytest.mark.parametrize("merge", ["disjoint", "overlap"])
+def test_subunit_activation_is_its_rows(kind: str, merge: str) -> None:
+    """LayerActivation sees the disjoint rows; a subunit is sum_w w * row (t_k + r in the
+    overlap form), and the coefficient-weighted subunits add up to the unit."""
+    model, split, layer, x, _ = _setup(kind, merge)
+    acts = LayerActivation(split, subunit_layer(split, layer)).attribute(x)
+    for unit in (1, 3):
+        with torch.no_grad():
+            t, r, z = _hand_parts(model, layer, unit, x)
+        total = torch.zeros_like(z)
+        for k in [*range(len(t)), -1]:
+            _, rows, coef = subunit_rows(split, (layer, unit, k))
+            got = sum(w * acts[:, row] for row, w in rows)
+            own = r if k == -1 else t[k]
+            expected = own + r if merge == "overlap" and k >= 0 else own
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(acts[:, subunit_channel(split, (layer, unit, k))], own)
+            total = total + coef * got
+        torch.testing.assert_close(total, z, rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +307,42 @@ def test_neuron_methods_on_subunits(kind: str, method: str) -> None:
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "NeuronGradient",
+        "NeuronIntegratedGradients",
+    ],
+)
+def test_channel_sum_selector_with_captum_neuron_methods(kind: str, method: str) -> None:
+    """Neuron methods are linear in the selected neuron: t_k + r gives the sum of both rows."""
+    _, split, layer, x, _ = _setup(kind, "overlap")
+    run = NEURON_METHODS[method]
+    sub = subunit_layer(split, layer)
+    for ref in [SubunitRef(layer, 3, 2), SubunitRef(layer, 1, 0)]:
+        sel = subunit_selector(split, ref)
+        assert isinstance(sel, ChannelSumSelector) and len(sel.channels) == 2
+        got = run(split, sub, x, sel)
+        rows = sum(run(split, sub, x, _orig_selector(kind, row)) for row, _ in sel.channels)
+        assert got.abs().max() > 1e-6
+        torch.testing.assert_close(got, rows, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+def test_neuron_gradient_of_an_overlap_subunit_by_hand() -> None:
+    """d(t_k + r)/dx summed over the batch, against autograd on the unsplit model."""
+    model, split, layer, x, _ = _setup("mlp", "overlap")
+    got = NeuronGradient(split, subunit_layer(split, layer)).attribute(
+        x, subunit_selector(split, (layer, 3, 2))
+    )
+    xs = x.clone().requires_grad_(True)
+    t, r, _ = _hand_parts(model, layer, 3, xs)
+    (expected,) = torch.autograd.grad((t[2] + r).sum(), xs)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["conv", "mlp"])
 @pytest.mark.parametrize("merge", ["disjoint", "overlap"])
 def test_layer_grad_x_act_of_subunits_sums_to_the_unit(kind: str, merge: str) -> None:
@@ -256,8 +398,7 @@ def test_token_tensors() -> None:
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 def test_demo_model_float32_unsplit_units() -> None:
     """The digits demo model in float32: unsplit fc2 units agree to 1e-5 relative."""
-    from neuronsplit.demo import load_digits
-    from neuronsplit.demo import get_demo_model
+    from neuronsplit.demo import get_demo_model, load_digits
 
     model = get_demo_model()
     weight = model.fc2.weight.detach()
@@ -273,3 +414,17 @@ def test_demo_model_float32_unsplit_units() -> None:
     torch.testing.assert_close(got[:, keep], ref[:, keep], rtol=0, atol=1e-5 * scale)
     rows = [2, split.fc2.subunit_index(2, 1), split.fc2.residual_index(2)]
     torch.testing.assert_close(got[:, rows].sum(1), ref[:, 2], rtol=0, atol=1e-5 * scale)
+
+
+def test_subunit_ref() -> None:
+    ref = SubunitRef("layer4.2.conv3", 1660, "residual")
+    assert ref.k == -1 and ref.is_residual
+    assert str(ref) == "layer4.2.conv3/u1660/residual"
+    assert SubunitRef.parse(str(ref)) == ref
+    assert SubunitRef.parse("fc2/u3/k2") == SubunitRef("fc2", 3, 2)
+    assert SubunitRef.coerce(("fc2", 3, 2)) == SubunitRef("fc2", 3, 2)
+    assert SubunitRef("fc2", torch.tensor(3), 1).unit == 3
+    with pytest.raises(UnknownSubunitError, match=r"non-empty dotted name"):
+        SubunitRef("", 0, 0)
+    with pytest.raises(UnknownSubunitError, match=r"k of subunit .* must be an int, got True"):
+        SubunitRef("fc2", 0, True)

@@ -16,8 +16,7 @@ pytest.importorskip("captum.insights", reason="needs the insights extra (captum=
 from captum.insights.attr_vis import config, server  # noqa: E402
 
 from neuronsplit import Disentangle  # noqa: E402
-from neuronsplit.demo import load_digits  # noqa: E402
-from neuronsplit.demo import get_demo_model  # noqa: E402
+from neuronsplit.demo import get_demo_model, load_digits  # noqa: E402
 from neuronsplit.errors import (  # noqa: E402
     InvalidTargetError,
     MissingExtraError,
@@ -39,15 +38,23 @@ pytestmark = pytest.mark.filterwarnings("ignore:It looks like that the attributi
 
 
 def demo_test_plan(model: torch.nn.Module) -> SplitPlan:
-    """fc2 unit 2 split by the sign of its weights (partition) and unit 4 in three (overlap)."""
+    """fc2 unit 2 split by the sign of its weights, unit 4 in two groups plus shared inputs.
+
+    One layer has one merge form: both use Hesse's overlap form (subunit k = t_k + r), so the
+    Insights method reads subunits that are two rows; the browser test uses the disjoint form.
+    """
     w = model.fc2.weight.detach()
     pos = [i for i in range(64) if w[2, i] > 0]
     neg = [i for i in range(64) if w[2, i] <= 0]
     return SplitPlan(
         [
-            UnitSplit("fc2", 2, [pos, neg], merge="disjoint", labels=("w>0", "w<=0")),
+            UnitSplit("fc2", 2, [pos, neg], merge="overlap", labels=("w>0", "w<=0")),
             UnitSplit(
-                "fc2", 4, [list(range(0, 20)), list(range(20, 40))], shared=list(range(40, 64))
+                "fc2",
+                4,
+                [list(range(0, 20)), list(range(20, 40))],
+                shared=list(range(40, 64)),
+                merge="overlap",
             ),
         ]
     )
@@ -177,6 +184,12 @@ def test_insights_call_convention_matches_disentangle(app: InsightsApp) -> None:
         method.attribute.__wrapped__(method, (sample,), target=target, subunit="fc2/u2/k1 (w>0)")
     expected = dis.attribute_unit(sample, target=3, layer="fc2", unit=2).unit
     torch.testing.assert_close(unit[0], expected)
+    # overlap form: (t_0 + r) + (t_1 + r) - (K-1) r is the unit, also through Insights
+    parts = [
+        method.attribute.__wrapped__(method, (sample,), target=target, subunit=choice)[0]
+        for choice in ("fc2/u2/k0 (w>0)", "fc2/u2/k1 (w<=0)", "fc2/u2/residual")
+    ]
+    torch.testing.assert_close(sum(parts), unit[0], rtol=1e-4, atol=1e-6)
     # the original (unsplit) model passed by Insights is replaced by the bound split model
     other = cls(get_demo_model())
     assert other.model is app.model

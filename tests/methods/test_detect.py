@@ -18,10 +18,9 @@ from captum.attr import LayerGradientXActivation
 from torch import nn
 
 import neuronsplit as ns
-from neuronsplit.demo import digits_loader, load_digits
-from neuronsplit.demo import get_demo_model
-from neuronsplit.methods.hesse import pairs_table, relevant_classes
+from neuronsplit.demo import digits_loader, get_demo_model, load_digits
 from neuronsplit.errors import EmptyClassError, UnknownLayerError
+from neuronsplit.methods.hesse import pairs_table, relevant_classes
 from neuronsplit.stats import LayerStats, ScanResult
 
 DT = torch.float64

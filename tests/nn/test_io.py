@@ -11,9 +11,9 @@ from torch import nn
 
 from helpers import assert_unchanged, snapshot
 from neuronsplit.errors import CorruptFileError, PlanMismatchError
+from neuronsplit.nn import apply_plan, plan_of
 from neuronsplit.nn.io import PLAN_FILE, WEIGHTS_FILE, load, save
 from neuronsplit.plan import SplitPlan, UnitSplit
-from neuronsplit.nn import apply_plan, plan_of
 
 
 class _Net(nn.Module):

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from helpers import layer_sizes, random_split, rel_err
-from neuronsplit.plan import SplitPlan
 from neuronsplit.nn import SplitConv2d, SplitLinear, apply_plan
+from neuronsplit.plan import SplitPlan
 
 SETTINGS = settings(
     max_examples=60,
@@ -109,7 +109,7 @@ def _init(model: nn.Module, g: torch.Generator) -> None:
 
 @st.composite
 def plans(draw, model: nn.Module):
-    """A random valid plan over the model's Conv2d/Linear layers."""
+    """A random valid plan over the model's Conv2d/Linear layers (one merge form per layer)."""
     rng = random.Random(draw(st.integers(0, 2**31 - 1)))
     candidates = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     chosen = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique=True))
@@ -118,41 +118,52 @@ def plans(draw, model: nn.Module):
     for name in chosen:
         n_in, n_out = layer_sizes(mods[name])
         units = rng.sample(range(n_out), rng.randint(1, min(3, n_out)))
+        merge = draw(st.sampled_from(["overlap", "disjoint"]))
         for u in units:
             k = draw(st.sampled_from([2, 3, 4]))
-            merge = draw(st.sampled_from(["overlap", "disjoint"]))
             splits.append(random_split(rng, name, u, n_in, k, merge))
     return SplitPlan(splits)
 
 
 def _check_structure(split_model: nn.Module, model: nn.Module, plan: SplitPlan) -> None:
+    """Disjoint rows whatever the form; the form shows only in the overlap view."""
     mods = dict(model.named_modules())
-    for name, splits in plan.by_layer().items():
+    for name, ls in plan.by_layer().items():
         layer = dict(split_model.named_modules())[name]
         assert isinstance(layer, (SplitConv2d, SplitLinear))
+        assert layer.layer_split == ls and layer.form == ls.merge
         orig = mods[name]
         c = layer_sizes(orig)[1]
-        e = sum(s.num_subunits for s in splits)
+        e = ls.num_extra_rows
         ws, w = layer.subunits.weight, orig.weight
         assert ws.shape[0] == c + e and layer.merge.num_extra == e
-        split_units = {s.unit for s in splits}
+        assert layer.split_units == tuple(sorted(ls.units.tolist()))
+        split_units = set(ls.units.tolist())
         for u in range(c):
             if u not in split_units:
                 assert torch.equal(ws[u], w[u])
-        for s in splits:
+        assert layer.merge.coef.tolist() == [1.0] * e  # unsteered: a plain index-add
+        overlap = ls.merge == "overlap"
+        for s in ls.unit_splits():
             kk = s.num_subunits
-            overlap = s.merge == "overlap"
             for k, grp in enumerate(s.groups):
-                cols = set(grp) | (set(s.shared) if overlap else set())
-                _check_masked(ws[layer.subunit_index(s.unit, k)], w[s.unit], cols)
+                own = layer.subunit_index(s.unit, k)
+                _check_masked(ws[own], w[s.unit], set(grp))
+                r = layer.residual_index(s.unit)
+                view = ((own, 1.0), (r, 1.0)) if overlap else ((own, 1.0),)
+                assert layer.subunit_channels(s.unit, k) == view
+                assert layer.merge_coefficient(s.unit, k) == 1.0
+                if k:
+                    p = own - c
+                    assert layer.merge.index[p].item() == s.unit and layer.merge.sub[p].item() == k
             r = layer.residual_index(s.unit)
             _check_masked(ws[r], w[s.unit], set(s.shared))
-            pos = r - c
-            assert layer.merge.coef[pos].item() == (-(kk - 1) if overlap else 1)
-            assert layer.merge.index[pos].item() == s.unit
-            for k in range(1, kk):
-                p = layer.subunit_index(s.unit, k) - c
-                assert layer.merge.coef[p].item() == 1 and layer.merge.sub[p].item() == k
+            assert layer.merge_coefficient(s.unit, -1) == (-(kk - 1) if overlap else 1)
+            assert layer.merge.index[r - c].item() == s.unit and layer.merge.sub[r - c] == -1
+            if orig.bias is not None:
+                bs = layer.subunits.bias
+                assert torch.equal(bs[r], orig.bias[s.unit])
+                assert all(bs[layer.subunit_index(s.unit, k)] == 0 for k in range(kk))
 
 
 def _check_masked(row: torch.Tensor, orig: torch.Tensor, cols: set[int]) -> None:
@@ -193,7 +204,7 @@ def test_mlp_and_token_stacks_stay_exact(data):
     _check_structure(split, model, plan)
     _check_equal(model, split, shape)
     # intermediate tensor has C + E channels on the last dim for token inputs too
-    name, splits = next(iter(plan.by_layer().items()))
+    name, ls = next(iter(plan.by_layer().items()))
     layer = split.get_submodule(name)
     inter_shape = []
     h = layer.subunits.register_forward_hook(lambda m, i, o: inter_shape.append(o.shape))
@@ -202,19 +213,21 @@ def test_mlp_and_token_stacks_stay_exact(data):
             split(torch.randn(shape))
     finally:
         h.remove()
-    assert inter_shape[0][-1] == layer.original_out + sum(s.num_subunits for s in splits)
+    assert inter_shape[0][-1] == layer.original_out + ls.num_extra_rows
     assert tuple(inter_shape[0][:-1]) == tuple(shape[:-1])
 
 
 @SETTINGS
 @given(data=st.data())
 def test_partial_sums_add_up(data):
-    """Per unit: sum_k s_k - (K-1) r (overlap) / sum_k t_k + t0 (partition) == z in float64."""
+    """Per unit in float64: the stored rows add up (sum_k t_k + r == z), and the layer's own
+    reading (subunit_channels / merge_coefficient) adds up too: for overlap that is
+    sum_k s_k - (K-1) r == z with s_k = t_k + r."""
     model, shape = data.draw(st.one_of(conv_nets(), mlp_nets()))
     plan = data.draw(plans(model))
     model = model.double()
     split = apply_plan(model, plan)
-    for name, splits in plan.by_layer().items():
+    for name, ls in plan.by_layer().items():
         orig, layer = model.get_submodule(name), split.get_submodule(name)
         c_in = layer_sizes(orig)[0]
         x = torch.randn(
@@ -226,9 +239,16 @@ def test_partial_sums_add_up(data):
             continue
         inter, z = layer.subunits(x), orig(x)
         dim = layer.merge.dim
-        for s in splits:
-            subs = [inter.select(dim, layer.subunit_index(s.unit, k)) for k in range(len(s.groups))]
+        for s in ls.unit_splits():
+            kk = s.num_subunits
+            ts = [inter.select(dim, layer.subunit_index(s.unit, k)) for k in range(kk)]
             r = inter.select(dim, layer.residual_index(s.unit))
-            total = sum(subs) - (len(subs) - 1) * r if s.merge == "overlap" else sum(subs) + r
             ref = z.select(dim, s.unit)
-            assert rel_err(ref, total) <= 1e-12 or (ref - total).abs().max() <= 1e-12
+            read = 0
+            for k in (*range(kk), -1):
+                value = sum(
+                    wt * inter.select(dim, ch) for ch, wt in layer.subunit_channels(s.unit, k)
+                )
+                read = read + layer.merge_coefficient(s.unit, k) * value
+            for total in (sum(ts) + r, read):
+                assert rel_err(ref, total) <= 1e-12 or (ref - total).abs().max() <= 1e-12

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from helpers import assert_unchanged, layer_sizes, random_split, randomize_norms, snapshot
+from neuronsplit.nn import apply_plan, get_split_layer, verify_equivalence
 from neuronsplit.plan import SplitPlan
-from neuronsplit.nn import apply_plan, get_split_layer
-from neuronsplit.nn import verify_equivalence
 
 timm = pytest.importorskip("timm")
 
@@ -18,14 +17,15 @@ pytestmark = pytest.mark.slow
 
 
 def _plan(model, layers: dict[str, int], seed: int = 0) -> SplitPlan:
-    """``layers`` maps name -> number of units to split there (random K, form, partition)."""
+    """``layers`` maps name -> number of units to split there (random K and assignment; the
+    merge form alternates between layers, one form per layer)."""
     rng = random.Random(seed)
     mods = dict(model.named_modules())
     splits = []
-    for name, n_units in layers.items():
+    for i, (name, n_units) in enumerate(layers.items()):
         n_in, n_out = layer_sizes(mods[name])
-        for i, unit in enumerate(rng.sample(range(n_out), n_units)):
-            merge = ("overlap", "disjoint")[i % 2]
+        merge = ("overlap", "disjoint")[i % 2]
+        for unit in rng.sample(range(n_out), n_units):
             splits.append(random_split(rng, name, unit, n_in, rng.choice([2, 3, 4]), merge))
     return SplitPlan(splits)
 
@@ -49,11 +49,18 @@ def _check(model, plan: SplitPlan) -> None:
         assert {lay.layer for lay in row.layers} == set(plan.layers)
         for lay in row.layers:
             assert lay.max_ref > 0
-            assert len(lay.split_units) == len(plan.by_layer()[lay.layer])
+            assert len(lay.split_units) == plan.layer(lay.layer).num_units
     assert_unchanged(model, snap)
-    for name, splits in plan.by_layer().items():
+    for name, ls in plan.by_layer().items():
         layer = get_split_layer(split, name)
-        assert layer.split_units == tuple(s.unit for s in splits)
+        assert layer.split_units == tuple(sorted(ls.units.tolist()))
+        assert layer.form == ls.merge
+        back = layer.unsplit()
+        original = model.get_submodule(name)
+        assert torch.equal(back.weight, original.weight)
+        assert (back.bias is None) == (original.bias is None)
+        if back.bias is not None:
+            assert torch.equal(back.bias, original.bias)
 
 
 def test_resnet50_exact():

@@ -11,9 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import assert_unchanged, snapshot
 from neuronsplit.errors import InputShapeError, NotExactError, PlanMismatchError
+from neuronsplit.nn import EquivalenceReport, apply_plan, verify_equivalence
 from neuronsplit.plan import SplitPlan, UnitSplit
-from neuronsplit.nn import apply_plan
-from neuronsplit.nn import EquivalenceReport, verify_equivalence
 
 
 def _net() -> nn.Module:
@@ -80,14 +79,30 @@ def test_detects_a_wrong_unsplit_row_and_names_it():
 def test_detects_a_wrong_merge_coefficient_on_a_split_unit():
     net = _net()
     split = apply_plan(net, PLAN)
-    split[5].merge.set_scale(2, 1, 1.01)
-    rep = verify_equivalence(net, split, _x())
+    with split[5].merge.scaled({(2, 1): 1.01}):  # the copies verify makes are steered too
+        rep = verify_equivalence(net, split, _x())
+        with pytest.raises(NotExactError, match=r"layer '5' split unit 2"):
+            verify_equivalence(net, split, _x(), raise_on_fail=True)
     assert not rep.passed and not any(r.passed for r in rep.rows)
     head = rep.rows[1].layers[1]
     assert head.worst_split.unit == 2 and head.worst_split.max_abs > 0
     assert head.unsplit_max_abs < 1e-12  # the other units are fine
-    with pytest.raises(NotExactError, match=r"layer '5' split unit 2"):
-        verify_equivalence(net, split, _x(), raise_on_fail=True)
+    assert all(d.max_abs < 1e-12 for d in rep.rows[1].layers[0].split_units)  # layer '0' is fine
+    # leaving the context restores the exact merge
+    assert verify_equivalence(net, split, _x()).passed
+
+
+def test_detects_a_wrong_split_row_and_names_the_unit():
+    net = _net()
+    split = apply_plan(net, PLAN)
+    with torch.no_grad():  # a residual row (shared input 2 of unit 1) of the conv layer
+        split[0].subunits.weight[split[0].residual_index(1), 2] += 1e-3
+    rep = verify_equivalence(net, split, _x(), dtype=torch.float64)
+    conv = rep.rows[0].layers[0]
+    assert not rep.passed and not conv.passed
+    assert conv.worst_split.unit == 1 and conv.worst_split.max_abs > 1e-6
+    assert [d.max_abs < 1e-12 for d in conv.split_units] == [False, True]
+    assert conv.unsplit_max_abs < 1e-12
 
 
 def test_tolerance_overrides():

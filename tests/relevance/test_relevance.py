@@ -18,12 +18,13 @@ from zennit.composites import (
     EpsilonPlusFlat,
     LayerMapComposite,
 )
-from zennit.rules import Epsilon
+from zennit.rules import Epsilon, Norm, Pass
 from zennit.types import Convolution
 
 import neuronsplit as ns
-from neuronsplit.demo import load_digits
-from neuronsplit.demo import get_demo_model
+from neuronsplit.demo import get_demo_model, load_digits
+from neuronsplit.nn import IndexMerge
+from neuronsplit.plan import SplitPlan, UnitSplit
 
 DT = torch.float64
 NUM_CLASSES = 5
@@ -231,6 +232,56 @@ def test_other_composites_run_and_deviate_from_grad_x_act(composite) -> None:
     _assert_close(lrp.layer("conv2").relevance_sum, gxa.layer("conv2").relevance_sum, rel=1e-4)
     got, ref = lrp.layer("conv1").relevance_sum, gxa.layer("conv1").relevance_sum
     assert (got - ref).abs().max() > 1e-2 * ref.abs().max()
+
+
+def _split_cnn() -> tuple[nn.Module, list[IndexMerge]]:
+    plan = SplitPlan(
+        [
+            UnitSplit("conv2", 1, [[0, 1], [2, 3]], shared=[4, 5], merge="overlap"),
+            UnitSplit(
+                "fc1", 3, [list(range(64)), list(range(64, 100))], shared=list(range(100, 128))
+            ),
+        ]
+    )
+    split = ns.apply_plan(_init(SmallCNN(), seed=0), plan)
+    merges = [m for m in split.modules() if isinstance(m, IndexMerge)]
+    assert len(merges) == 2
+    return split, merges
+
+
+def _rules(module: nn.Module) -> set[type]:
+    """Types of the Zennit rules whose hooks sit on ``module``."""
+    return {type(h.__self__) for h in module._forward_hooks.values() if hasattr(h, "__self__")}
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_zennit_session_gives_split_merges_the_norm_rule(copy: bool) -> None:
+    """The merge is a parameter-free linear map: the session gives it Zennit's Norm rule (no
+    composite rules IndexMerge) and removes every hook on exit."""
+    split, merges = _split_cnn()
+    backend = ns.Zennit(_epsilon_composite(1e-12), merge_epsilon=1e-7)
+    with backend.session(split, copy=copy) as work:
+        assert (work is split) is not copy
+        inside = [m for m in work.modules() if isinstance(m, IndexMerge)]
+        assert all(_rules(m) == {Norm} for m in inside)
+        assert all(_rules(m) == {Epsilon} for m in work.modules() if isinstance(m, nn.Linear))
+        if copy:
+            assert _no_hooks(split)  # the caller's model is never touched
+    assert _no_hooks(split)
+    assert all(not m._backward_hooks for m in split.modules())
+
+
+def test_zennit_session_keeps_a_composite_rule_for_the_merge() -> None:
+    """A composite that already rules IndexMerge wins over the default Norm rule."""
+    split, merges = _split_cnn()
+    composite = LayerMapComposite([(IndexMerge, Pass()), (nn.Linear, Epsilon(1e-12))])
+    with ns.Zennit(composite).session(split):
+        assert all(_rules(m) == {Pass} for m in merges)
+    assert _no_hooks(split)
 
 
 def test_zennit_rejects_non_composite() -> None:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import neuronsplit as ns
+from neuronsplit.capture import tap_sums as input_tap_sums
 from neuronsplit.errors import (
     CorruptFileError,
     IncompatibleResultsError,
@@ -27,8 +28,6 @@ from neuronsplit.errors import (
     UnknownLayerError,
     UnsupportedLayerError,
 )
-
-from neuronsplit.capture import tap_sums as input_tap_sums
 
 DT = torch.float64
 N_CLASSES = 3
@@ -179,9 +178,7 @@ def test_arv_closed_form_equals_autograd(case: str) -> None:
         for c in range(units):
             got = res.arv("target", c, t)
             torch.testing.assert_close(got, expected[t, c], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(
-            res.arv("target", 0, t), expected[t, 0], rtol=1e-10, atol=1e-12
-        )
+        torch.testing.assert_close(res.arv("target", 0, t), expected[t, 0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(res.arvs("target", 1, [2, 0]), expected[[2, 0], 1])
 
 

@@ -93,8 +93,12 @@ def subunit_selector(
     """A Captum ``neuron_selector`` for ``ref`` on :func:`subunit_layer` of its layer.
 
     The selector picks the *whole* subunit, as :class:`~neuronsplit.Disentangle` does. A subunit
-    of the overlap form is two rows (``t_k + r``) and gets a :class:`ChannelSumSelector`;
-    otherwise:
+    of the overlap form is two rows (``t_k + r``) and gets a :class:`ChannelSumSelector`. That
+    works with the neuron methods that apply the selector to the layer output only
+    (``NeuronGradient``, ``NeuronIntegratedGradients``, ``NeuronDeepLift``, ...), but not with
+    ``NeuronConductance``, which applies it to the layer gradient too and would count the
+    unit's gradient twice: use the disjoint form (one row per subunit) or
+    :class:`~neuronsplit.Disentangle` there. Otherwise:
 
     * Conv2d (output ``(B, C, H, W)``): ``(c, slice(None), slice(None))``. Captum sums a sliced
       region per example, so this is the channel's total over all positions. Use

@@ -10,7 +10,8 @@ equivalence checks, subunit attribution, and later discovery and feature visuali
   later ``ReLU(inplace=True)`` or timm's ``x += shortcut`` cannot overwrite the recorded tensor;
 * **early stop**: with ``stop=True`` the forward pass ends as soon as every captured layer ran
   (:meth:`Capture.forward` swallows the stop), so input-only passes skip the rest of the model;
-* **dtype and device**: detached records can be cast and moved on the fly (``to=``);
+* **copies**: detached records are copies, so later in-place ops cannot change them, and can be
+  cast and moved on the fly (``to=``);
 * **removal**: hooks are registered transactionally and removed in ``finally``, also when the
   model raises.
 
@@ -64,6 +65,12 @@ def differentiable(output: Tensor) -> tuple[Tensor, Tensor]:
     """
     source = output if output.requires_grad else output.detach().requires_grad_(True)
     return source, source.clone()
+
+
+def _copy(tensor: Tensor, to: Mapping[str, Any]) -> Tensor:
+    # a detached view would share memory with a tensor that later in-place ops (ReLU(inplace),
+    # x += y) still change: records are copies
+    return tensor.detach().to(**to, copy=True)
 
 
 class Capture:
@@ -149,14 +156,13 @@ class Capture:
                     with torch.no_grad():
                         self._inputs[name].append(input_fn(module, x.detach(), output.detach()))
                 else:
-                    self._inputs[name].append(x.detach().to(**to) if to else x.detach())
+                    self._inputs[name].append(_copy(x, to))
             if outputs:
                 if grad:
                     source, returned = differentiable(output)
                     self._outputs[name].append(source)
                 else:
-                    out = output.detach()
-                    self._outputs[name].append(out.to(**to) if to else out)
+                    self._outputs[name].append(_copy(output, to))
             if self._stop and all(self._calls.values()):
                 raise _StopForward
             return returned
@@ -187,13 +193,13 @@ def capture(
     outputs : bool, default True
         Record each layer's output.
     inputs : bool, default False
-        Record each layer's (first positional) input, detached.
+        Record a copy of each layer's (first positional) input, detached.
     input_fn : callable, optional
         ``input_fn(module, input, output)`` is run under ``no_grad`` in the hook and its result
         recorded instead of the input (e.g. per-tap sums), so the input itself is not kept.
     grad : bool, default False
         Record outputs as differentiable tensors (graph start for frozen models, clone for the
-        rest of the network); otherwise outputs are recorded detached.
+        rest of the network); otherwise outputs are recorded as detached copies.
     stop : bool, default False
         End the forward pass once every layer ran; call the model through
         :meth:`Capture.forward`, which then returns ``None``.

@@ -109,7 +109,7 @@ def load_scan(path: str | os.PathLike) -> ScanResult:
         counts = _statistic({"type": "ClassCounts", "spec": {}}, tensors, "class_counts")
         if not isinstance(counts, ClassCounts):
             raise TypeError("class_counts is not a ClassCounts")
-        _check_consistent(path, counts, layers, len(header["tau_grid"]))
+        _check_consistent(path, counts, layers, tuple(float(t) for t in header["tau_grid"]))
         return ScanResult(
             layers,
             counts,
@@ -152,23 +152,43 @@ def _statistic(info: Any, tensors: dict[str, Any], prefix: str) -> Statistic:
     return cls(**{f: tensors[f"{prefix}/{f}"] for f in cls.fields}, **spec)
 
 
+_REQUIRED = {"important": "TauCounts", "relevance_sum": "ClassSums", "input_sums": "TapSums"}
+
+
 def _check_consistent(
-    path: str, counts: ClassCounts, layers: dict[str, LayerStats], taus: int
+    path: str, counts: ClassCounts, layers: dict[str, LayerStats], taus: tuple[float, ...]
 ) -> None:
-    """Every statistic's shape must agree with the layer's weight and the class count."""
+    """Every statistic must be of its type and agree with the layer, the classes and the grid."""
     n = int(counts.counts.shape[0])
     for name, stats in layers.items():
         c, j, k = stats.weight.shape
         expected = {
-            "important": (taus, n, c),
-            "relevance_sum": (n, c),
-            "input_sums": (n, j, k),
+            "important": {"counts": (len(taus), n, c)},
+            "relevance_sum": {"sums": (n, c)},
+            "input_sums": {"sums": (n, j, k)},
         }
+        problems = []
+        if stats.kind not in ("conv2d", "linear"):
+            problems.append(f"{name}: kind {stats.kind!r} is neither 'conv2d' nor 'linear'")
+        for key, type_name in _REQUIRED.items():
+            stat = stats.statistics.get(key)
+            if stat is None or type(stat).__name__ != type_name:
+                problems.append(f"statistic {name}/{key} must be a {type_name}")
         for key, stat in stats.statistics.items():
-            shape = tuple(next(iter(stat.tensors.values())).shape)
+            shapes = {f: tuple(t.shape) for f, t in stat.tensors.items()}
             want = expected.get(key)
-            if (want is not None and shape != want) or (want is None and shape[0] != c):
-                raise CorruptFileError(
-                    f"{path!r}: statistic {name}/{key} has shape {shape}, which does not fit a "
-                    f"layer of {c} units, {j} inputs and {n} classes"
-                )
+            if want is None:  # a per-unit reservoir: every tensor (C, n)
+                first = next(iter(shapes.values()))
+                want = {f: (c, first[1] if len(first) == 2 else -1) for f in shapes}
+            if shapes != want:
+                problems.append(f"statistic {name}/{key} has shapes {shapes}, expected {want}")
+        taus_of = getattr(stats.statistics.get("important"), "taus", taus)
+        if tuple(taus_of) != tuple(taus):
+            problems.append(
+                f"importance counts on taus {list(taus_of)}, the file's grid {list(taus)}"
+            )
+        if problems:
+            raise CorruptFileError(
+                f"{path!r} is inconsistent: {'; '.join(problems)} (layer {name!r} has {c} units, "
+                f"{j} inputs and the file {n} classes); re-create it with ScanResult.save()."
+            )

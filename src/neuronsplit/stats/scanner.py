@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..capture import (
     capture,
     check_supported,
@@ -37,6 +37,7 @@ from .result import DEFAULT_TAU_GRID, LayerStats, ScanResult
 from .sharding import (
     Shard,
     check_same_everywhere,
+    collective_device,
     current_shard,
     max_over_ranks,
     sharded_batches,
@@ -95,12 +96,21 @@ class _Accumulator:
         for stat in self.layers[name].values():
             stat.update(batch)
 
-    def all_reduce(self, shard: Shard) -> None:
+    def all_reduce(self, shard: Shard, device: torch.device) -> None:
+        """Reduce every statistic on ``device`` (where the backend's collectives run) and
+        bring it back to the scan's device; a no-op move for NCCL on a GPU scan or gloo on CPU.
+        """
+
+        def reduced(stat: Any) -> Any:
+            moved = stat.to(device)
+            moved.all_reduce(shard.group)
+            return moved.to(self.device)
+
         if self.counts is not None:
-            self.counts.all_reduce(shard.group)
+            self.counts = reduced(self.counts)
         for stats in self.layers.values():
-            for stat in stats.values():
-                stat.all_reduce(shard.group)
+            for key, stat in list(stats.items()):
+                stats[key] = reduced(stat)
 
 
 def _check_arguments(
@@ -218,15 +228,16 @@ def scan(
     except BaseException:
         if where.world > 1:
             with contextlib.suppress(Exception):
-                sync_failure(where, True, device)
+                sync_failure(where, True, collective_device(where.group))
         raise
     if where.world > 1:
-        sync_failure(where, False, device)
+        cdev = collective_device(where.group)
+        sync_failure(where, False, cdev)
         num_classes, batches = _agree(
-            where, model, modules, num_classes, taus, backend, target, top_n, device, batches
+            where, model, modules, num_classes, taus, backend, target, top_n, cdev, batches
         )
         acc.allocate(num_classes)  # a process that got no batch takes part with empty statistics
-        acc.all_reduce(where)
+        acc.all_reduce(where, cdev)
     if acc.counts is None:
         raise InputShapeError("the loader yielded no batches; nothing was scanned")
     result_layers = {}
@@ -294,7 +305,7 @@ def _loop(
         backend.session(model, copy=True) as work,
         capture(work, names, grad=True, input_fn=tap_sums_of) as cap,
     ):
-        bar = tqdm(stream, total=total, desc="neuronsplit scan", unit="batch", disable=not progress)
+        bar = progress_bar(stream, desc="neuronsplit scan", total=total, enabled=progress)
         for batch, index in bar:
             x, labels = split_batch(batch)
             x = x.to(device)

@@ -4,8 +4,10 @@ Sharding rule (documented in docs/distributed.md):
 
 * A map-style ``DataLoader`` (a dataset with ``__len__``, the default batch sampler): the
   loader's sample order for one pass is taken once (``list(loader.sampler)``; 0..N-1 for the
-  default sequential sampler), cut to ``max_batches`` batches, and process ``r`` of ``W`` takes
-  the positions ``r, r + W, r + 2W, ...`` -- every sample exactly once, no padding (unlike
+  default sequential sampler; a shuffled order is drawn once, on process 0, and sent to the
+  others), cut to ``max_batches`` batches (and to whole batches with ``drop_last``), and
+  process ``r`` of ``W`` takes the positions ``r, r + W, r + 2W, ...`` -- every sample exactly
+  once, no padding (unlike
   ``DistributedSampler``, which repeats samples to even out the shards). A loader whose sampler
   is already a ``DistributedSampler`` is taken as sharded by the user and used as it is.
   Sample indices are the dataset indices.
@@ -23,7 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    SequentialSampler,
+)
 
 from ..errors import IncompatibleResultsError
 
@@ -98,7 +106,7 @@ def _is_map_style(loader: Any) -> bool:
     )
 
 
-def _rebuilt(loader: DataLoader, indices: list[int], drop_last: bool) -> DataLoader:
+def _rebuilt(loader: DataLoader, indices: list[int]) -> DataLoader:
     """The same loader over an explicit list of dataset indices."""
     extra: dict[str, Any] = {}
     if loader.num_workers > 0:
@@ -115,10 +123,25 @@ def _rebuilt(loader: DataLoader, indices: list[int], drop_last: bool) -> DataLoa
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
-        drop_last=drop_last,
         timeout=loader.timeout,
         **extra,
     )
+
+
+def _sample_order(loader: DataLoader, shard: Shard) -> list[int]:
+    """The loader's sample order for one pass, the same on every process.
+
+    A shuffling sampler draws its own order in each process (seeds may differ), so under
+    ``torch.distributed`` the order of rank 0 is broadcast; a sequential order needs no message.
+    """
+    import torch.distributed as dist
+
+    if shard.world == 1 or isinstance(loader.sampler, SequentialSampler):
+        return [int(i) for i in loader.sampler]
+    box: list[Any] = [[int(i) for i in loader.sampler] if shard.rank == 0 else None]
+    src = 0 if shard.group is None else dist.get_global_rank(shard.group, 0)
+    dist.broadcast_object_list(box, src=src, group=shard.group)
+    return list(box[0])
 
 
 def sharded_batches(
@@ -133,14 +156,15 @@ def sharded_batches(
         ``total`` is the number of batches this process gets, or ``None`` when unknown.
     """
     if _is_map_style(loader) and not isinstance(loader.sampler, DistributedSampler):
-        order = [int(i) for i in loader.sampler]
+        order = _sample_order(loader, shard)
         size = int(loader.batch_size)
         if max_batches is not None:
             order = order[: max_batches * size]
+        if loader.drop_last:  # drop the last incomplete batch of the *whole* pass
+            order = order[: len(order) // size * size]
         mine = order[shard.rank :: shard.world]
-        drop_last = bool(loader.drop_last) and shard.world == 1
-        local = _rebuilt(loader, mine, drop_last)
-        n_batches = len(mine) // size if drop_last else -(-len(mine) // size)
+        local = _rebuilt(loader, mine)
+        n_batches = -(-len(mine) // size)
 
         def indexed() -> Iterator[tuple[Any, torch.Tensor]]:
             for b, batch in enumerate(local):
@@ -221,8 +245,8 @@ def check_same_everywhere(shard: Shard, signature: dict[str, Any]) -> None:
     for rank, other in enumerate(gathered):
         diff = sorted(k for k in signature if other.get(k) != signature.get(k))
         if diff:
-            detail = "; ".join(f"{k}: {gathered[0].get(k)!r} vs {other.get(k)!r}" for k in diff)
+            detail = "; ".join(f"{k}: {signature.get(k)!r} vs {other.get(k)!r}" for k in diff)
             raise IncompatibleResultsError(
-                f"scan processes disagree (rank 0 vs rank {rank}): {detail}; every process must "
-                "scan the same model, layers and classes"
+                f"scan processes disagree (this rank {shard.rank} vs rank {rank}): {detail}; "
+                "every process must scan the same model, layers and classes"
             )

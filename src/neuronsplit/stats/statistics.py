@@ -106,8 +106,9 @@ class Statistic:
             dist.all_reduce(tensor, group=group)
 
     def to(self, device: torch.device | str) -> Statistic:
-        """A copy on ``device``."""
-        return type(self)(**{k: t.to(device) for k, t in self.tensors.items()}, **self.spec())
+        """A copy on ``device`` (also when the tensors are there already)."""
+        tensors = {k: t.to(device, copy=True) for k, t in self.tensors.items()}
+        return type(self)(**tensors, **self.spec())
 
     def nbytes(self) -> int:
         """Bytes held."""

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from ..._progress import progress_bar
 from ...capture import capture, contributions, eval_mode, resolve_layer
 from ...errors import EmptyClassError, InputShapeError
 from .rho import hesse_masks, subunit_score
@@ -80,7 +80,7 @@ def score_units(
     bias = None if module.bias is None else module.bias.detach().to(dtype)
     masks = [hesse_masks(item.assignments, len(item.concepts)).to(device, dtype) for item in items]
     with eval_mode(model), torch.no_grad(), capture(model, {layer: module}, outputs=False, inputs=True, stop=True) as cap:  # fmt: skip
-        for batch in tqdm(loader, desc="neuronsplit rho score", unit="batch", disable=not progress):
+        for batch in progress_bar(loader, desc="neuronsplit rho score", enabled=progress):
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise InputShapeError("plan_split needs a loader of (inputs, labels) pairs")
             x, labels = batch[0], torch.as_tensor(batch[1]).tolist()

@@ -1,0 +1,152 @@
+"""Whole-layer plans at ViT-B size: build, files, apply, Disentangle, forward latency.
+
+The case: every one of the 768 output units of ``blocks.11.mlp.fc2`` of a timm
+``vit_base_patch16_224`` (random init) split four ways (3072 inputs each, K = 4, a random
+assignment with about 1/5 of the inputs shared). Printed, each with its target:
+
+* build: ``LayerSplit`` from the assignment tensor plus ``SplitPlan`` (<= 0.2 s); for
+  comparison, the same plan through 768 ``UnitSplit`` objects (the one-unit path);
+* files: ``plan.save`` (``plan.json`` + ``plan.safetensors``) size (<= 3 MB) and save/load time;
+* ``apply_plan`` on the whole ViT-B, deep copy included (<= 2 s);
+* ``Disentangle(split)`` and ``Disentangle(split, plan)`` construction (<= 0.1 s);
+* forward latency of the split ViT-B against the original, interleaved rounds, median of the
+  per-round ratios (<= 1.15); the ratio of the split layer alone is printed too (it does
+  (K + 1) x the multiply-adds of the original layer, so it is not a target).
+
+Usage::
+
+    python benchmarks/plan_scale.py [--batch 2] [--rounds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+import neuronsplit as ns
+from neuronsplit.plan import LayerSplit, SplitPlan
+
+LAYER = "blocks.11.mlp.fc2"
+
+
+def timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
+    """Median wall time of ``fn`` over ``repeats`` calls, and its last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def interleaved_ratio(
+    base: Callable[[], Any], other: Callable[[], Any], rounds: int
+) -> tuple[float, float, float]:
+    """Median of per-round time ratios other/base (order alternating), and both medians."""
+    ratios, tb, to = [], [], []
+    base(), other()  # warm-up
+    for r in range(rounds):
+        pair = [("b", base), ("o", other)] if r % 2 == 0 else [("o", other), ("b", base)]
+        got = {}
+        for key, fn in pair:
+            t0 = time.perf_counter()
+            fn()
+            got[key] = time.perf_counter() - t0
+        ratios.append(got["o"] / got["b"])
+        tb.append(got["b"])
+        to.append(got["o"])
+    return statistics.median(ratios), statistics.median(tb), statistics.median(to)
+
+
+def row(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
+    mark = "" if ok is None else ("ok" if ok else "MISSED")
+    print(f"  {name:<44}{value:>14}   {target:<12}{mark}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    torch.manual_seed(args.seed)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    layer = model.get_submodule(LAYER)
+    units, inputs = layer.out_features, layer.in_features
+    gen = torch.Generator().manual_seed(args.seed)
+    # K subunits plus the shared set, uniformly: every subunit non-empty
+    assignment = torch.randint(-1, args.k, (units, inputs), generator=gen)
+    print(
+        f"timm vit_base_patch16_224 (random init), {LAYER}: all {units} units x {inputs} inputs "
+        f"split K={args.k}; CPU, {torch.get_num_threads()} threads"
+    )
+    print(f"  {'figure':<44}{'measured':>14}   {'target':<12}")
+
+    # build
+    t_build, plan = timed(
+        lambda: SplitPlan([LayerSplit(LAYER, torch.arange(units), assignment, [args.k] * units)])
+    )
+    row("build (LayerSplit + SplitPlan)", f"{t_build:.3f} s", "<= 0.2 s", t_build <= 0.2)
+    layer_split = plan.layer(LAYER)
+    t_units, _ = timed(lambda: SplitPlan(list(layer_split.unit_splits())), repeats=1)
+    row("  same plan via 768 UnitSplit objects", f"{t_units:.3f} s")
+
+    # files
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plan.json"
+        t_save, _ = timed(lambda: plan.save(path))
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        t_load, loaded = timed(lambda: SplitPlan.load(path))
+        assert loaded == plan
+    row("plan files (plan.json + plan.safetensors)", f"{size / 1e6:.2f} MB", "<= 3 MB", size <= 3e6)
+    row("  save / load", f"{t_save:.3f} / {t_load:.3f} s")
+    json_size = len(plan.to_json())
+    row("  for comparison: inline JSON", f"{json_size / 1e6:.1f} MB")
+
+    # apply
+    t_apply, split = timed(lambda: ns.apply_plan(model, plan), repeats=2)
+    row("apply_plan (whole ViT-B, deep copy incl.)", f"{t_apply:.3f} s", "<= 2 s", t_apply <= 2)
+    t_copy, _ = timed(lambda: copy.deepcopy(model), repeats=2)
+    row("  of which the deep copy of the model", f"{t_copy:.3f} s")
+
+    # Disentangle
+    t_dis, _ = timed(lambda: ns.Disentangle(split))
+    row("Disentangle(split)", f"{t_dis * 1e3:.1f} ms", "<= 0.1 s", t_dis <= 0.1)
+    t_dis_plan, _ = timed(lambda: ns.Disentangle(split, plan))
+    row("Disentangle(split, plan)", f"{t_dis_plan * 1e3:.1f} ms", "<= 0.1 s", t_dis_plan <= 0.1)
+
+    # latency
+    x = torch.randn(args.batch, 3, 224, 224, generator=gen)
+    with torch.inference_mode():
+        y0, y1 = model(x), split(x)
+        rel = float((y0 - y1).abs().max() / y0.abs().max())
+        ratio, t0, t1 = interleaved_ratio(lambda: model(x), lambda: split(x), args.rounds)
+        tokens = torch.randn(args.batch, 197, inputs, generator=gen)
+        split_layer = split.get_submodule(LAYER)
+        layer_ratio, _, _ = interleaved_ratio(
+            lambda: layer(tokens), lambda: split_layer(tokens), args.rounds * 3
+        )
+    row(
+        f"forward latency split/original (batch {args.batch})",
+        f"{ratio:.3f}",
+        "<= 1.15",
+        ratio <= 1.15,
+    )
+    row("  original / split median", f"{t0:.3f} / {t1:.3f} s")
+    row("  the split layer alone (not a target)", f"{layer_ratio:.2f}")
+    row("  max|delta logit| / max|logit| (float32)", f"{rel:.1e}")
+
+
+if __name__ == "__main__":
+    main()
