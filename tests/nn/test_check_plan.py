@@ -116,12 +116,6 @@ def test_apply_plan_runs_the_same_checks() -> None:
     assert_unchanged(net, snap)
 
 
-@pytest.mark.xfail(
-    reason="check_plan does not notice two planned names for one shared module; apply_plan "
-    "then wraps the already split layer and raises TypeError('SplitLinear wraps a Linear, got "
-    "SplitLinear') instead of a PlanError naming the layers",
-    strict=True,
-)
 def test_two_names_of_one_shared_module_are_refused() -> None:
     inner = nn.Linear(3, 3)
     net = nn.Sequential(inner, nn.Tanh(), inner)

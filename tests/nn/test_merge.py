@@ -93,11 +93,6 @@ def test_alpha_one_leaves_outputs_bit_identical(form: str) -> None:
     assert torch.equal(_run(layer, x), y0)
 
 
-@pytest.mark.xfail(
-    reason="IndexMerge._refresh sets steered = bool(scales), so a context whose scales are all "
-    "1 counts as steered (and runs the multiply path) although nothing changes",
-    strict=True,
-)
 def test_alpha_one_is_not_steered() -> None:
     layer = _layer("overlap")
     with layer.merge.scaled({(1, 0): 1.0}):

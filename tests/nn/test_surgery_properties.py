@@ -187,7 +187,7 @@ def _check_equal(model: nn.Module, split: nn.Module, shape) -> None:
 
 @SETTINGS
 @given(data=st.data())
-def test_conv_stacks_stay_exact(data):
+def test_conv_stacks_stay_exact(data) -> None:
     model, shape = data.draw(conv_nets())
     plan = data.draw(plans(model))
     split = apply_plan(model, plan)
@@ -197,7 +197,7 @@ def test_conv_stacks_stay_exact(data):
 
 @SETTINGS
 @given(data=st.data())
-def test_mlp_and_token_stacks_stay_exact(data):
+def test_mlp_and_token_stacks_stay_exact(data) -> None:
     model, shape = data.draw(mlp_nets())
     plan = data.draw(plans(model))
     split = apply_plan(model, plan)
@@ -219,7 +219,7 @@ def test_mlp_and_token_stacks_stay_exact(data):
 
 @SETTINGS
 @given(data=st.data())
-def test_partial_sums_add_up(data):
+def test_partial_sums_add_up(data) -> None:
     """Per unit in float64: the stored rows add up (sum_k t_k + r == z), and the layer's own
     reading (subunit_channels / merge_coefficient) adds up too: for overlap that is
     sum_k s_k - (K-1) r == z with s_k = t_k + r."""

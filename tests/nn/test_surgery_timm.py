@@ -63,13 +63,13 @@ def _check(model, plan: SplitPlan) -> None:
             assert torch.equal(back.bias, original.bias)
 
 
-def test_resnet50_exact():
+def test_resnet50_exact() -> None:
     model = timm.create_model("resnet50", pretrained=False)
     plan = _plan(model, {"conv1": 2, "layer1.0.conv2": 2, "layer4.2.conv3": 3, "fc": 2})
     _check(model, plan)
 
 
-def test_vit_b16_exact():
+def test_vit_b16_exact() -> None:
     model = timm.create_model("vit_base_patch16_224", pretrained=False)
     layers = {
         "blocks.3.mlp.fc1": 2,
@@ -80,7 +80,7 @@ def test_vit_b16_exact():
     _check(model, _plan(model, layers, seed=1))
 
 
-def test_dinov2_exact_with_layerscale():
+def test_dinov2_exact_with_layerscale() -> None:
     model = timm.create_model(
         "vit_base_patch14_dinov2", pretrained=False, img_size=224, num_classes=10
     )

@@ -40,7 +40,7 @@ def _x(n: int = 4) -> torch.Tensor:
     return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(n))
 
 
-def test_passes_and_reports_every_dtype_layer_and_unit():
+def test_passes_and_reports_every_dtype_layer_and_unit() -> None:
     net = _net()
     rep = verify_equivalence(net, apply_plan(net, PLAN), [_x(), _x(3)])
     assert isinstance(rep, EquivalenceReport) and rep.passed
@@ -61,7 +61,7 @@ def test_passes_and_reports_every_dtype_layer_and_unit():
         rep.passed = False  # type: ignore[misc]
 
 
-def test_detects_a_wrong_unsplit_row_and_names_it():
+def test_detects_a_wrong_unsplit_row_and_names_it() -> None:
     net = _net()
     split = apply_plan(net, PLAN)
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_detects_a_wrong_unsplit_row_and_names_it():
         verify_equivalence(net, split, _x(), dtype=torch.float64, raise_on_fail=True)
 
 
-def test_detects_a_wrong_merge_coefficient_on_a_split_unit():
+def test_detects_a_wrong_merge_coefficient_on_a_split_unit() -> None:
     net = _net()
     split = apply_plan(net, PLAN)
     with split[5].merge.scaled({(2, 1): 1.01}):  # the copies verify makes are steered too
@@ -92,7 +92,7 @@ def test_detects_a_wrong_merge_coefficient_on_a_split_unit():
     assert verify_equivalence(net, split, _x()).passed
 
 
-def test_detects_a_wrong_split_row_and_names_the_unit():
+def test_detects_a_wrong_split_row_and_names_the_unit() -> None:
     net = _net()
     split = apply_plan(net, PLAN)
     with torch.no_grad():  # a residual row (shared input 2 of unit 1) of the conv layer
@@ -105,7 +105,7 @@ def test_detects_a_wrong_split_row_and_names_the_unit():
     assert conv.unsplit_max_abs < 1e-12
 
 
-def test_tolerance_overrides():
+def test_tolerance_overrides() -> None:
     net = _net()
     split = apply_plan(net, PLAN)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def test_tolerance_overrides():
     assert verify_equivalence(net, split, _x(), dtype=torch.float64, rtol=0, atol=1e-3).passed
 
 
-def test_input_forms():
+def test_input_forms() -> None:
     net = _net()
     split = apply_plan(net, PLAN)
     x = _x(6)
@@ -147,7 +147,7 @@ def test_input_forms():
     assert rep.rows[1].layers[0].layer == "fc"
 
 
-def test_bad_inputs_raise_input_shape_error_with_cause():
+def test_bad_inputs_raise_input_shape_error_with_cause() -> None:
     net = _net()
     split = apply_plan(net, PLAN)
     with pytest.raises(
@@ -165,7 +165,7 @@ def test_bad_inputs_raise_input_shape_error_with_cause():
         verify_equivalence(net, split, _x(), dtype=torch.int64)
 
 
-def test_wrong_original_model_is_named():
+def test_wrong_original_model_is_named() -> None:
     net = _net()
     split = apply_plan(net, PLAN)
     other = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1))
@@ -173,7 +173,7 @@ def test_wrong_original_model_is_named():
         verify_equivalence(other, split, _x())
 
 
-def test_models_are_not_mutated():
+def test_models_are_not_mutated() -> None:
     net = _net().train()  # train mode: BN would update running stats if run unguarded
     split = apply_plan(net, PLAN)
     h = net.register_forward_hook(lambda m, i, o: None)

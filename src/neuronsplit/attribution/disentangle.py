@@ -97,7 +97,7 @@ def _prepare_model(model: nn.Module, plan: SplitPlan | None) -> nn.Module:
     if not isinstance(plan, SplitPlan):
         raise TypeError(f"plan must be a SplitPlan, got {type(plan).__name__}")
     if is_split:
-        if plan_of(model).layer_splits != plan.layer_splits:
+        if plan_of(model).by_layer() != plan.by_layer():
             raise PlanMismatchError(
                 f"{type(model).__name__} is already split with a different plan "
                 f"({plan_of(model)!r}); pass the unsplit model with the plan, or the split "

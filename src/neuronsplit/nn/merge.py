@@ -175,7 +175,7 @@ class IndexMerge(nn.Module):
     # ------------------------------------------------------------------ steering
     @property
     def steered(self) -> bool:
-        """Whether any scale is in effect."""
+        """Whether any scale other than 1 is in effect (scales of 1 keep the exact merge)."""
         return self._steered
 
     @property
@@ -225,7 +225,7 @@ class IndexMerge(nn.Module):
         self._refresh()
 
     def _refresh(self) -> None:
-        scales = self.scales
+        scales = {key: alpha for key, alpha in self.scales.items() if alpha != 1.0}
         self._steered = bool(scales)
         with torch.no_grad():
             self.row_scale.fill_(1.0)

@@ -35,6 +35,7 @@ def check_plan(model: nn.Module, plan: SplitPlan) -> None:
     >>> check_plan(nn.Sequential(nn.Linear(3, 2)), SplitPlan([UnitSplit("0", 1, [[0], [1]], [2])]))
     """
     split_names = [name for name, _ in iter_split_layers(model)]
+    planned: dict[int, str] = {}
     for name, layer_split in plan.by_layer().items():
         for sname in split_names:
             if name.startswith(sname + "."):
@@ -50,6 +51,12 @@ def check_plan(model: nn.Module, plan: SplitPlan) -> None:
             )
         check_supported(layer, name)
         check_plain(model, layer, name)
+        if id(layer) in planned:
+            raise PlanError(
+                f"layers {planned[id(layer)]!r} and {name!r} are the same module (registered "
+                "twice); plan it under one name, and every path to it gets the split"
+            )
+        planned[id(layer)] = name
         layer_split.check_shape(*layer_shape(layer))
 
 

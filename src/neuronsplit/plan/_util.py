@@ -7,6 +7,10 @@ import operator
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+import torch
+from torch import Tensor
+
 from ..errors import PlanError
 
 
@@ -53,7 +57,7 @@ class FrozenMeta(Mapping[str, Any]):
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         try:
             # a JSON round trip both copies and proves that to_json() will work later
-            plain = json.loads(json.dumps(dict(data or {}), allow_nan=False))
+            plain = json.loads(json.dumps(thaw(dict(data or {})), allow_nan=False))
         except (TypeError, ValueError) as err:
             raise PlanError(f"plan meta must be JSON-serialisable (str keys): {err}") from err
         object.__setattr__(self, "_data", {k: freeze(v) for k, v in plain.items()})
@@ -97,3 +101,50 @@ def thaw(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [thaw(v) for v in value]
     return value
+
+
+def as_long_tensor(values: Any, what: str, dims: int) -> Tensor:
+    try:
+        t = torch.as_tensor(np.asarray(values) if not isinstance(values, Tensor) else values)
+    except (TypeError, ValueError) as err:
+        raise PlanError(f"{what} must be integers, got {type(values).__name__}: {err}") from None
+    if t.numel() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise PlanError(f"{what} must hold integers, got dtype {t.dtype}")
+    if t.dim() != dims:
+        raise PlanError(f"{what} must be {dims}-d, got shape {tuple(t.shape)}")
+    return t.detach().to("cpu", torch.int64)
+
+
+def unit_labels(
+    labels: Mapping[Any, Any] | None, k_of: dict[int, int], where: str
+) -> dict[int, tuple[str, ...]]:
+    """Validated ``{unit: names}``: keys are split units, values one string per subunit."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise PlanError(
+            f"labels of the {where} must map units to names, got {type(labels).__name__}"
+        )
+    out: dict[int, tuple[str, ...]] = {}
+    for key, names in labels.items():
+        try:
+            u = int(key)
+        except (TypeError, ValueError):
+            raise PlanError(
+                f"labels of the {where} are keyed by unit numbers, got {key!r}"
+            ) from None
+        if u not in k_of:
+            raise PlanError(f"labels given for unit {u}, which the {where} does not split")
+        if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+            raise PlanError(
+                f"labels of unit {u} in the {where} must be a sequence of {k_of[u]} strings, got "
+                f"{names!r}"
+            )
+        names = tuple(names)
+        if len(names) != k_of[u] or not all(isinstance(n, str) for n in names):
+            raise PlanError(
+                f"labels of unit {u} in the {where} must be {k_of[u]} strings (one per "
+                f"subunit), got {names!r}"
+            )
+        out[u] = names
+    return out

@@ -73,8 +73,15 @@ def load_plan(path: Path) -> SplitPlan:
     PlanError
         Invalid splits.
     """
-    if not path.is_file():
-        raise CorruptFileError(f"plan file {str(path)!r} does not exist or is not a file")
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a long string that is neither JSON nor a usable file name
+        is_file = False
+    if not is_file:
+        raise CorruptFileError(
+            f"plan file {str(path)[:200]!r} does not exist or is not a file (JSON text must "
+            "start with '{')"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:

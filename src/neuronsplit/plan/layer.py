@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import PlanError, PlanMismatchError
-from ._util import fmt_indices
+from ._util import as_long_tensor, fmt_indices, unit_labels
 from .forms import normalise_form
 from .unit import UnitSplit
 
@@ -26,18 +26,6 @@ __all__ = ["LayerSplit", "SHARED"]
 
 #: assignment value of an input that goes to the residual (the shared set ``S0``)
 SHARED = -1
-
-
-def _as_long(values: Any, what: str, dims: int) -> Tensor:
-    try:
-        t = torch.as_tensor(np.asarray(values) if not isinstance(values, Tensor) else values)
-    except (TypeError, ValueError) as err:
-        raise PlanError(f"{what} must be integers, got {type(values).__name__}: {err}") from None
-    if t.numel() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-        raise PlanError(f"{what} must hold integers, got dtype {t.dtype}")
-    if t.dim() != dims:
-        raise PlanError(f"{what} must be {dims}-d, got shape {tuple(t.shape)}")
-    return t.detach().to("cpu", torch.int64)
 
 
 class LayerSplit:
@@ -88,8 +76,8 @@ class LayerSplit:
         if not isinstance(layer, str) or not layer:
             raise PlanError(f"layer must be a non-empty dotted name, got {layer!r}")
         where = f"split of layer {layer!r}"
-        unit_t = _as_long(units, f"units of the {where}", 1)
-        assign = _as_long(assignment, f"assignment of the {where}", 2)
+        unit_t = as_long_tensor(units, f"units of the {where}", 1)
+        assign = as_long_tensor(assignment, f"assignment of the {where}", 2)
         if assign.shape[0] != unit_t.shape[0]:
             raise PlanError(
                 f"the {where} lists {unit_t.shape[0]} units but its assignment has "
@@ -108,7 +96,7 @@ class LayerSplit:
         if num_subunits is None:
             ks = assign.amax(1) + 1 if assign.numel() else torch.zeros_like(unit_t)
         else:
-            ks = _as_long(num_subunits, f"num_subunits of the {where}", 1)
+            ks = as_long_tensor(num_subunits, f"num_subunits of the {where}", 1)
             if ks.shape != unit_t.shape:
                 raise PlanError(
                     f"num_subunits of the {where} has {ks.numel()} entries for "
@@ -129,19 +117,7 @@ class LayerSplit:
                 f"{int(assign[s, j])}; valid: -1 (shared) or 0..{int(ks[s]) - 1}"
             )
         form = normalise_form(merge, where)
-        label_map: dict[int, tuple[str, ...]] = {}
-        k_of = dict(zip(unit_t.tolist(), ks.tolist(), strict=True)) if labels else {}
-        for key, names in (labels or {}).items():
-            u = int(key)
-            names = tuple(names)
-            if u not in k_of:
-                raise PlanError(f"labels given for unit {u}, which the {where} does not split")
-            if len(names) != k_of[u] or not all(isinstance(n, str) for n in names):
-                raise PlanError(
-                    f"labels of unit {u} in the {where} must be {k_of[u]} strings (one per "
-                    f"subunit), got {names!r}"
-                )
-            label_map[u] = names
+        label_map = unit_labels(labels, dict(zip(unit_t.tolist(), ks.tolist(), strict=True)), where)
         # the smallest integer type that holds every subunit number: int8 up to K = 127 (a
         # ViT-B fc2 layer split four ways is then 2.4 MB), int16 beyond
         top_k = int(ks.max()) if ks.numel() else 0
@@ -269,18 +245,12 @@ class LayerSplit:
                 f"the units of layer {layer!r} use different merge forms {forms}; one split "
                 "layer has one form: give every unit of a layer the same merge="
             )
-        n_inputs = {s.num_inputs for s in splits}
-        if len(n_inputs) != 1:
-            raise PlanError(
-                f"the unit splits of layer {layer!r} route different numbers of inputs "
-                f"{sorted(n_inputs)}; every unit must assign every input of the layer"
-            )
-        j = n_inputs.pop()
+        # the layer has at least as many inputs as the largest index any unit routes
+        j = max(max((i for g in (*s.groups, s.shared) for i in g), default=-1) for s in splits) + 1
         assign = np.full((len(splits), j), SHARED, dtype=np.int64)
         for row, s in enumerate(splits):
             missing = s.missing_inputs(j)
-            too_big = [i for g in s.groups for i in g if i >= j] + [i for i in s.shared if i >= j]
-            if missing or too_big:
+            if missing:
                 raise PlanError(
                     f"input indices {fmt_indices(missing)} are in no group and not in shared for "
                     f"unit {s.unit} of layer {layer!r}; every input index 0..{j - 1} must appear "
@@ -342,10 +312,20 @@ class LayerSplit:
         labels = header.get("labels") or {}
         if not isinstance(labels, Mapping):
             raise PlanError(f"labels of layer {header.get('layer')!r} must be an object")
-        return cls(
+        split = cls(
             header["layer"], tensors["units"], tensors["assignment"], tensors["num_subunits"],
-            merge=header.get("merge", "disjoint"), labels={int(k): v for k, v in labels.items()},
+            merge=header.get("merge", "disjoint"), labels=labels,
         )  # fmt: skip
+        declared = (
+            header.get("num_units", split.num_units),
+            header.get("num_inputs", split.num_inputs),
+        )
+        if declared != (split.num_units, split.num_inputs):
+            raise PlanError(
+                f"layer {split.layer!r} declares {declared[0]} units x {declared[1]} inputs but its "
+                f"assignment is {split.num_units} x {split.num_inputs}"
+            )
+        return split
 
     # ------------------------------------------------------------------ comparison
     def digest(self) -> str:

@@ -290,12 +290,13 @@ class SplitPlan:
 
     # ------------------------------------------------------------------ comparison
     def __eq__(self, other: object) -> bool:
+        # a plan is a set of layer splits: the order of the layers is presentation only
         if not isinstance(other, SplitPlan):
             return NotImplemented
         return self._layers == other._layers and self.meta == other.meta
 
     def __hash__(self) -> int:
-        return hash((tuple(self._layers.values()), self.meta))
+        return hash((frozenset(self._layers.values()), self.meta))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SplitPlan, (self.layer_splits, thaw(self.meta)))
