@@ -10,8 +10,11 @@ assignment with about 1/5 of the inputs shared). Printed, each with its target:
 * ``apply_plan`` on the whole ViT-B, deep copy included (<= 2 s);
 * ``Disentangle(split)`` and ``Disentangle(split, plan)`` construction (<= 0.1 s);
 * forward latency of the split ViT-B against the original, interleaved rounds, median of the
-  per-round ratios (<= 1.15); the ratio of the split layer alone is printed too (it does
-  (K + 1) x the multiply-adds of the original layer, so it is not a target).
+  per-round ratios (<= 1.15): at inference, where nothing observes the subunits and the split
+  layer runs its original weight (rebuilt bit for bit from the rows), and with the rows forced
+  (``explicit_rows``: what Captum hooks, gradients or steering cost); the ratio of the split
+  layer alone with its rows is printed too (it does (K + 1) x the multiply-adds of the original
+  layer, so it is not a target).
 
 Usage::
 
@@ -33,6 +36,7 @@ import timm
 import torch
 
 import neuronsplit as ns
+from neuronsplit.nn import explicit_rows
 from neuronsplit.plan import LayerSplit, SplitPlan
 
 LAYER = "blocks.11.mlp.fc2"
@@ -130,13 +134,24 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 224, 224, generator=gen)
     with torch.inference_mode():
         y0, y1 = model(x), split(x)
-        rel = float((y0 - y1).abs().max() / y0.abs().max())
+        with explicit_rows(split):
+            y2 = split(x)
+        rel = float((y0 - y2).abs().max() / y0.abs().max())
         ratio, t0, t1 = interleaved_ratio(lambda: model(x), lambda: split(x), args.rounds)
+
+        def rows() -> Any:
+            with explicit_rows(split):
+                return split(x)
+
+        rows_ratio, _, t2 = interleaved_ratio(lambda: model(x), rows, args.rounds)
         tokens = torch.randn(args.batch, 197, inputs, generator=gen)
         split_layer = split.get_submodule(LAYER)
-        layer_ratio, _, _ = interleaved_ratio(
-            lambda: layer(tokens), lambda: split_layer(tokens), args.rounds * 3
-        )
+
+        def layer_rows() -> Any:
+            with explicit_rows(split_layer):
+                return split_layer(tokens)
+
+        layer_ratio, _, _ = interleaved_ratio(lambda: layer(tokens), layer_rows, args.rounds * 3)
     row(
         f"forward latency split/original (batch {args.batch})",
         f"{ratio:.3f}",
@@ -144,8 +159,10 @@ def main() -> None:
         ratio <= 1.15,
     )
     row("  original / split median", f"{t0:.3f} / {t1:.3f} s")
-    row("  the split layer alone (not a target)", f"{layer_ratio:.2f}")
-    row("  max|delta logit| / max|logit| (float32)", f"{rel:.1e}")
+    row("  split output == original output (bitwise)", str(bool(torch.equal(y0, y1))))
+    row("  with the rows computed (hooks, gradients)", f"{rows_ratio:.3f}")
+    row("  the split layer alone, rows (not a target)", f"{layer_ratio:.2f}")
+    row("  rows: max|delta logit| / max|logit| (fp32)", f"{rel:.1e}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ Compares, in interleaved rounds (every model once per round, order rotated each 
 ratio pairs a model with the original of the same round):
 
 * the original model, and an unsplit deep copy of it as a control (shows the noise floor),
-* neuronsplit's split (extra rows in the same conv + index-add merge), and
+* neuronsplit's split with its rows computed (extra rows in the same conv + index-add merge:
+  what Captum hooks, gradients and steering run),
 * the official Hesse et al. construction: the conv widened by 2 rows per split channel
-  followed by a dense 1x1 merge conv (C + E -> C), ``nn.Sequential(widened, merge)``,
+  followed by a dense 1x1 merge conv (C + E -> C), ``nn.Sequential(widened, merge)``, and
+* neuronsplit's split in unobserved inference (it runs the original weight rebuilt from the
+  rows, so this is the noise floor again),
 
 each with 20 split channels (a) all in ``layer4.2.conv3`` and (b) spread over
 ``layer3.*.conv3`` and ``layer4.*.conv3``.
@@ -107,8 +110,12 @@ def main() -> None:
     models: dict[str, nn.Module] = {"original": orig, "control (plain copy)": copy.deepcopy(orig)}
     for label, layers in layer_sets.items():
         split = apply_plan(orig, make_plan(orig, layers, args.seed)).eval()
-        models[f"neuronsplit {label}"] = split
+        rows = copy.deepcopy(split)
+        for _, layer in iter_split_layers(rows):
+            layer.force_rows = True  # what hooks, gradients or steering see
+        models[f"neuronsplit {label}"] = rows
         models[f"hesse dense {label}"] = hesse_model(split).eval()
+        models[f"neuronsplit {label}, unobserved"] = split
     x = torch.randn(args.batch, 3, args.size, args.size)
 
     times: dict[str, list[float]] = {k: [] for k in models}
@@ -140,11 +147,11 @@ def main() -> None:
         f"{args.size}px, {torch.get_num_threads()} threads, {args.repeats} interleaved rounds, "
         f"{N_CHANNELS} split channels (K=2 overlap)"
     )
-    print(f"{'model':<32}{'median s':>10}{'ratio':>8}{'max|Δ|/max|y|':>15}")
+    print(f"{'model':<44}{'median s':>10}{'ratio':>8}{'max|Δ|/max|y|':>15}")
     for name in names:
         med = statistics.median(times[name])
         ratio = statistics.median(ratios[name])
-        print(f"{name:<32}{med:>10.4f}{ratio:>8.3f}{max_rel[name]:>15.2e}")
+        print(f"{name:<44}{med:>10.4f}{ratio:>8.3f}{max_rel[name]:>15.2e}")
     print("ratio = median over rounds of (time of model / time of original in the same round)")
 
 

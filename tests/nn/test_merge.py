@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuronsplit.errors import UnknownSubunitError
-from neuronsplit.nn import IndexMerge, SplitConv2d, SplitLinear
+from neuronsplit.nn import IndexMerge, SplitConv2d, SplitLinear, explicit_rows
 from neuronsplit.plan import UnitSplit
 
 DT = torch.float64
@@ -69,7 +69,8 @@ def _expected(layer: SplitLinear, x: torch.Tensor, scales: Scales) -> torch.Tens
 
 
 def _run(layer: SplitLinear, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
+    # the rows always run (unobserved inference would run the original layer when unsteered)
+    with torch.no_grad(), explicit_rows(layer):
         return layer(x)
 
 

@@ -17,7 +17,7 @@ import torch
 from .. import __version__
 from ..evaluation import concept_fractions
 from ..methods.hesse import find_polysemantic, plan_split
-from ..nn import apply_plan, verify_equivalence
+from ..nn import apply_plan, explicit_rows, verify_equivalence
 from ..stats import scan
 from .data import digits_loader, load_digits
 from .model import DEMO_LAYER, get_demo_model
@@ -91,7 +91,7 @@ def run_demo(
     result, units, plan = demo_plan(model, top=top, tau=tau, p=p, gamma=gamma, progress=progress)
     split = apply_plan(model, plan)
     report = verify_equivalence(model, split, test.images)
-    with torch.no_grad():
+    with torch.no_grad(), explicit_rows(split):  # the subunit rows, not the rebuilt original
         delta = float((model(test.images) - split(test.images)).abs().max())
     by_unit = {(info["layer"], info["unit"]): info for info in plan.meta["units"]}
     splits_by_unit = {(s.layer, s.unit): s for s in plan.splits}

@@ -8,7 +8,7 @@ model in which each planned layer is a :class:`SplitConv2d` / :class:`SplitLinea
 from .io import load, save
 from .merge import RESIDUAL, IndexMerge
 from .report import DtypeResult, EquivalenceReport, LayerResult, UnitDiff
-from .split_layer import SPLIT_TYPES, SplitConv2d, SplitLinear
+from .split_layer import SPLIT_TYPES, SplitConv2d, SplitLinear, explicit_rows
 from .surgery import apply_plan, check_plan, get_split_layer, iter_split_layers, plan_of
 from .verify import DEFAULT_RTOL, verify_equivalence
 
@@ -18,6 +18,7 @@ __all__ = [
     "SplitConv2d",
     "SplitLinear",
     "SPLIT_TYPES",
+    "explicit_rows",
     "apply_plan",
     "check_plan",
     "get_split_layer",

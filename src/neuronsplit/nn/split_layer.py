@@ -8,6 +8,12 @@ stored in the **disjoint** form, whatever the plan's merge form: row ``u`` of a 
 hold ``t_1 .. t_{K-1}`` and the residual ``r`` (the shared inputs and the whole bias). Every
 input weight therefore sits in exactly one row, unchanged, and ``z_u = sum_k t_k + r``.
 
+When nothing can observe the rows -- grad disabled, no hook on ``.subunits`` or ``.merge`` (nor a
+global forward hook), no steering, not scripted or traced, :func:`explicit_rows` not in force --
+the forward pass runs the original layer instead (its weight rebuilt bit for bit from the rows
+and cached until a row changes). A whole ViT-B layer split four ways then costs nothing at
+inference; Captum, Zennit, gradients, steering and ``verify_equivalence`` all see the rows.
+
 Hesse's overlap form is a *view* of these rows: subunit ``k`` is ``s_k = t_k + r`` and
 ``z_u = sum_k s_k - (K-1) r``. :meth:`SplitLinear.subunit_channels` gives the channels (and
 weights) that make up a subunit in the layer's form, and :meth:`SplitLinear.merge_coefficient`
@@ -16,57 +22,21 @@ its coefficient in the merge, so attribution and steering read either form from 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 
 from ..capture import check_plain_forward, check_supported, layer_shape, unit_axis
 from ..errors import UnknownSubunitError
 from ..plan import LayerSplit, UnitSplit
 from .merge import RESIDUAL, IndexMerge
+from .rows import build_rows
 
-__all__ = ["SplitConv2d", "SplitLinear", "SPLIT_TYPES"]
-
-
-def _extra_slots(split: LayerSplit) -> tuple[Tensor, Tensor]:
-    """For every extra row: the position of its unit in ``split.units`` and its subunit number."""
-    ks = split.num_subunits
-    pos = torch.repeat_interleave(torch.arange(ks.numel()), ks)
-    starts = torch.cumsum(ks, 0) - ks
-    within = torch.arange(int(ks.sum())) - torch.repeat_interleave(starts, ks)
-    last = within == torch.repeat_interleave(ks, ks) - 1
-    return pos, torch.where(last, torch.full_like(within, RESIDUAL), within + 1)
-
-
-def _broadcast(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
-
-
-def build_rows(
-    weight: Tensor, bias: Tensor | None, split: LayerSplit
-) -> tuple[Tensor, Tensor | None]:
-    """The widened weight and bias of a split layer (exact copies of entries, no arithmetic)."""
-    w = weight.detach()
-    device = w.device
-    units = split.units.to(device)
-    assign = split.assignment.to(device, torch.long)  # (S, J)
-    unit_rows = w.index_select(0, units)  # (S, J, ...)
-    zero = torch.zeros((), dtype=w.dtype, device=device)
-    new_w = w.clone()
-    new_w[units] = torch.where(_broadcast(assign == 0, unit_rows), unit_rows, zero)
-    pos, slot = (t.to(device) for t in _extra_slots(split))
-    extra_mask = assign.index_select(0, pos) == slot[:, None]  # (E, J)
-    extra_w = torch.where(_broadcast(extra_mask, unit_rows), unit_rows.index_select(0, pos), zero)
-    new_w = torch.cat([new_w, extra_w], 0)
-    if bias is None:
-        return new_w, None
-    b = bias.detach()
-    new_b = b.clone()
-    new_b[units] = 0  # the bias goes to the residual alone
-    unit_b = b.index_select(0, units).index_select(0, pos)
-    extra_b = torch.where(slot == RESIDUAL, unit_b, torch.zeros_like(unit_b))
-    return new_w, torch.cat([new_b, extra_b], 0)
+__all__ = ["SplitConv2d", "SplitLinear", "SPLIT_TYPES", "explicit_rows"]
 
 
 class _SplitLayer(nn.Module):
@@ -98,6 +68,8 @@ class _SplitLayer(nn.Module):
             device=w.device, dtype=w.dtype,
         )  # fmt: skip
         self.layer_split = split
+        self.force_rows = False
+        self._original: tuple[Any, Tensor, Tensor | None] | None = None
         self.train(layer.training)
 
     _kind: str = "linear"
@@ -112,8 +84,37 @@ class _SplitLayer(nn.Module):
 
     # public API -------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """Run ``.subunits`` once, then merge back to the original units."""
-        return self.merge(self.subunits(x))
+        """Run ``.subunits`` once and merge back; or the original layer if nothing observes."""
+        if self.rows_needed():
+            return self.merge(self.subunits(x))
+        weight, bias = self._original_parameters()
+        return self._run_original(x, weight, bias)
+
+    def rows_needed(self) -> bool:
+        """Whether this forward pass computes the explicit rows (see the module docstring)."""
+        return (
+            self.force_rows
+            or torch.is_grad_enabled()
+            or self.merge.steered
+            or _observed(self.subunits)
+            or _observed(self.merge)
+            or bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
+            or torch.jit.is_scripting()
+            or torch.jit.is_tracing()
+        )
+
+    def _original_parameters(self) -> tuple[Tensor, Tensor | None]:
+        """The original weight and bias, rebuilt from the rows; cached until a row changes."""
+        w, b = self.subunits.weight, self.subunits.bias
+        key = (_state(w), None if b is None else _state(b))
+        if self._original is None or self._original[0] != key:
+            original = self.unsplit()
+            bias = None if original.bias is None else original.bias.detach()
+            self._original = (key, original.weight.detach(), bias)
+        return self._original[1], self._original[2]
+
+    def _run_original(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
 
     @property
     def original_out(self) -> int:
@@ -226,6 +227,42 @@ class _SplitLayer(nn.Module):
         )
 
 
+def _observed(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+
+
+def _state(t: Tensor) -> tuple[Any, ...]:
+    # identity, in-place version, storage, dtype and device: any change invalidates the cache
+    return (id(t), t._version, t.data_ptr(), t.dtype, t.device)
+
+
+@contextlib.contextmanager
+def explicit_rows(model: nn.Module) -> Iterator[None]:
+    """Make every split layer of ``model`` compute its rows, also where nothing observes them.
+
+    ``verify_equivalence`` uses it, so that it checks the rows rather than the original layer
+    that unobserved inference runs.
+
+    Examples
+    --------
+    >>> from neuronsplit.plan import SplitPlan, UnitSplit
+    >>> from neuronsplit.nn import apply_plan
+    >>> m = apply_plan(nn.Sequential(nn.Linear(3, 2)), SplitPlan([UnitSplit("0", 0, [[0], [1]], [2])]))
+    >>> with torch.no_grad(), explicit_rows(m):
+    ...     m[0].rows_needed()
+    True
+    """
+    layers = [m for m in model.modules() if isinstance(m, _SplitLayer)]
+    before = [m.force_rows for m in layers]
+    try:
+        for m in layers:
+            m.force_rows = True
+        yield
+    finally:
+        for m, flag in zip(layers, before, strict=True):
+            m.force_rows = flag
+
+
 def _params(new: nn.Module, layer: nn.Module, w: Tensor, b: Tensor | None) -> nn.Module:
     new.weight = nn.Parameter(w, requires_grad=layer.weight.requires_grad)
     if b is not None:
@@ -266,6 +303,9 @@ class SplitConv2d(_SplitLayer):
 
     def _rebuild(self, w: Tensor, b: Tensor | None) -> nn.Module:
         return self._widened(self.subunits, w, b)
+
+    def _run_original(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return self.subunits._conv_forward(x, weight, bias)
 
     @property
     def in_channels(self) -> int:
@@ -309,6 +349,9 @@ class SplitLinear(_SplitLayer):
 
     def _rebuild(self, w: Tensor, b: Tensor | None) -> nn.Module:
         return self._widened(self.subunits, w, b)
+
+    def _run_original(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return nn.functional.linear(x, weight, bias)
 
     @property
     def in_features(self) -> int:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..capture import capture
 from ..errors import InputShapeError, NotExactError, PlanMismatchError
 from .report import DtypeResult, EquivalenceReport, LayerResult, UnitDiff, _key
+from .split_layer import explicit_rows
 from .surgery import iter_split_layers
 
 __all__ = [
@@ -152,6 +153,7 @@ def _run_dtype(
     with (
         capture(orig, {n: orig_mods[n] for n in names}) as cap_o,
         capture(new, dict(layers)) as cap_s,
+        explicit_rows(new),  # check the rows, not the original layer unobserved inference runs
         torch.no_grad(),
     ):
         for i, args in enumerate(batches):

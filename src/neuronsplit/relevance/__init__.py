@@ -5,8 +5,15 @@
 ``scan`` and ``Disentangle`` use.
 """
 
-from .backend import GradXAct, RelevanceBackend, get_backend
+from .backend import GradXAct, RelevanceBackend, get_backend, per_unit
 from .canonizers import TimmResNetCanonizer
 from .zennit import Zennit
 
-__all__ = ["RelevanceBackend", "GradXAct", "Zennit", "get_backend", "TimmResNetCanonizer"]
+__all__ = [
+    "RelevanceBackend",
+    "GradXAct",
+    "Zennit",
+    "get_backend",
+    "per_unit",
+    "TimmResNetCanonizer",
+]

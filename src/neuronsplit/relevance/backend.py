@@ -22,12 +22,17 @@ from torch import Tensor, nn
 
 from ..capture import unit_sum
 
-__all__ = ["RelevanceBackend", "GradXAct", "get_backend"]
+__all__ = ["RelevanceBackend", "GradXAct", "get_backend", "per_unit"]
 
 
-def _at_least_float32(t: Tensor) -> Tensor:
-    # half-precision relevance summed over a 112x112 map overflows; sum in float32 or better
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+def per_unit(relevance: Tensor, kind: str) -> Tensor:
+    """Sum elementwise relevance to ``(B, C)``, in float32 or better.
+
+    Half-precision relevance summed over a 112x112 map overflows, so it is summed in float32.
+    """
+    if relevance.dtype in (torch.float16, torch.bfloat16):
+        relevance = relevance.float()
+    return unit_sum(relevance, kind)
 
 
 class RelevanceBackend:
@@ -61,7 +66,7 @@ class RelevanceBackend:
 
     def unit_relevance(self, activation: Tensor, grad: Tensor, kind: str) -> Tensor:
         """Per-unit relevance ``(B, C)`` of a layer output, in float32 or better."""
-        return unit_sum(_at_least_float32(self.relevance(activation, grad)), kind)
+        return per_unit(self.relevance(activation, grad), kind)
 
     def input_attribution(self, inputs: Tensor, grad: Tensor) -> Tensor:
         """Relevance of the model input from its (modified) gradient."""

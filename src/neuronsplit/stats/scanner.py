@@ -31,7 +31,7 @@ from ..capture import (
     tap_sums,
 )
 from ..errors import IncompatibleResultsError, InputShapeError, InvalidTargetError, NonFiniteError
-from ..relevance import RelevanceBackend, get_backend
+from ..relevance import RelevanceBackend, get_backend, per_unit
 from .batches import split_batch, targets_of
 from .result import DEFAULT_TAU_GRID, LayerStats, ScanResult
 from .sharding import (
@@ -340,7 +340,7 @@ def _loop(
                 if grad is None:  # the layer does not influence the logits at all
                     grad = torch.zeros_like(out)
                 elementwise = backend.relevance(out, grad)
-                rel = backend.unit_relevance(out, grad, kind)
+                rel = per_unit(elementwise, kind)
                 # one cheap check on (B, C) instead of scanning every activation: NaN/inf
                 # anywhere in the layer output or its gradient reaches the relevance
                 if not torch.isfinite(rel).all():
