@@ -1,4 +1,4 @@
-"""Helpers shared by the plan/surgery/verify/io tests (not a test module)."""
+"""Helpers shared by the tests (not a test module)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,38 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from neuronsplit.plan import UnitSplit
 
-_HOOK_DICTS = (
+MODULE_HOOKS = (
     "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
     "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
     "_backward_hooks",
     "_backward_pre_hooks",
     "_state_dict_hooks",
     "_load_state_dict_pre_hooks",
 )
+GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_hooks_always_called",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def hook_counts(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Number of hooks of every kind on every module, and the global module hooks."""
+    counts = {
+        name: tuple(len(getattr(m, d, {})) for d in MODULE_HOOKS)
+        for name, m in model.named_modules()
+    }
+    counts["<global>"] = tuple(len(getattr(torch_module, d, {})) for d in GLOBAL_HOOKS)
+    return counts
 
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
@@ -27,9 +48,7 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
         "param_ids": {k: id(p) for k, p in model.named_parameters()},
         "buffers": {k: b.detach().clone() for k, b in model.named_buffers()},
         "modules": {k: (type(m), m.training) for k, m in model.named_modules()},
-        "hooks": {
-            k: tuple(len(getattr(m, d, {})) for d in _HOOK_DICTS) for k, m in model.named_modules()
-        },
+        "hooks": hook_counts(model),
     }
 
 

@@ -17,8 +17,8 @@ from captum.attr import (
     NeuronIntegratedGradients,
 )
 from torch import nn
-from torch.nn.modules import module as torch_module
 
+from helpers import hook_counts
 from neuronsplit import Disentangle, subunit_layer, subunit_selector
 from neuronsplit.errors import (
     InputShapeError,
@@ -28,23 +28,6 @@ from neuronsplit.errors import (
 )
 from neuronsplit.nn import apply_plan
 from neuronsplit.plan import SplitPlan, UnitSplit
-
-_MODULE_HOOKS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-_GLOBAL_HOOKS = (
-    "_global_forward_hooks",
-    "_global_forward_hooks_always_called",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-)
 
 
 class Tripwire(nn.Module):
@@ -108,17 +91,15 @@ def _state(model: nn.Module) -> dict[str, Any]:
         "buffers": {k: b.detach().clone() for k, b in model.named_buffers()},
         "modules": {k: (type(m), m.training, sorted(vars(m))) for k, m in model.named_modules()},
         "forwards": {k: m.forward for k, m in model.named_modules()},
-        "hooks": {k: [len(getattr(m, h)) for h in _MODULE_HOOKS] for k, m in model.named_modules()},
-        "global": [len(getattr(torch_module, h)) for h in _GLOBAL_HOOKS],
+        "hooks": hook_counts(model),
     }
 
 
 def assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
     after = _state(model)
-    for name, module in model.named_modules():
-        for h in _MODULE_HOOKS:
-            assert not getattr(module, h), f"{h} left on {name or 'model'}: {getattr(module, h)}"
-    assert after["global"] == [0] * len(_GLOBAL_HOOKS), "global module hooks left behind"
+    # the test models carry no hooks of their own: every count must be back to zero
+    leftover = {k: v for k, v in after["hooks"].items() if any(v)}
+    assert not leftover, f"hooks left behind: {leftover}"
     assert after["modules"] == before["modules"], (
         "module types, training flags or attributes changed"
     )

@@ -147,6 +147,23 @@ def test_private_modules_stay_in_their_subpackage() -> None:
             assert name == owner or name.startswith(owner + "."), f"{name} imports {target}"
 
 
+def test_every_docstring_example_runs() -> None:
+    """The examples in the docstrings are part of the documentation: they must stay true."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    failed = {}
+    for info in pkgutil.walk_packages(ns.__path__, "neuronsplit."):
+        if info.name.startswith("neuronsplit.insights"):
+            continue  # needs the insights extra; its examples run in tests/insights
+        module = importlib.import_module(info.name)
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, report=False)
+        if result.failed:
+            failed[info.name] = result.failed
+    assert failed == {}
+
+
 def test_modules_are_small() -> None:
     sizes = {str(p.relative_to(SRC)): len(p.read_text().splitlines()) for p in SRC.rglob("*.py")}
     assert {k: v for k, v in sizes.items() if v > MAX_LINES} == {}

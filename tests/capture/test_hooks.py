@@ -14,38 +14,12 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as torch_module
 
+from helpers import hook_counts
 from neuronsplit.capture import Capture, capture
 from neuronsplit.errors import UnknownLayerError, UnsupportedLayerError
 
 DT = torch.float64
-
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-_GLOBAL_HOOKS = (
-    "_global_forward_hooks",
-    "_global_forward_hooks_always_called",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-)
-
-
-def _hook_counts(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    counts = {
-        name: tuple(len(getattr(m, d, {})) for d in _HOOK_DICTS)
-        for name, m in model.named_modules()
-    }
-    counts["<global>"] = tuple(len(getattr(torch_module, d, {})) for d in _GLOBAL_HOOKS)
-    return counts
 
 
 def _seeded(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -342,15 +316,15 @@ def test_layer_returning_a_tuple_is_refused() -> None:
 
 
 def _no_module_hooks(model: nn.Module) -> bool:
-    return all(sum(v) == 0 for k, v in _hook_counts(model).items() if k != "<global>")
+    return all(sum(v) == 0 for k, v in hook_counts(model).items() if k != "<global>")
 
 
 @pytest.fixture
 def tripwire_model() -> Iterator[nn.Sequential]:
     model = _seeded(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), Boom(armed=False), nn.Linear(3, 2)))
-    before = _hook_counts(model)
+    before = hook_counts(model)
     yield model
-    assert _hook_counts(model) == before
+    assert hook_counts(model) == before
 
 
 @pytest.mark.parametrize("grad", [False, True])
@@ -405,13 +379,13 @@ class Named(nn.Module):
 
 def test_unknown_layer_name_raises_with_close_matches() -> None:
     model = Named()
-    before = _hook_counts(model)
+    before = hook_counts(model)
     with pytest.raises(UnknownLayerError) as info, capture(model, ["encoder.fc1", "encoder.fc"]):
         pass
     message = str(info.value)
     assert "'encoder.fc'" in message
     assert "'encoder.fc1'" in message and "'encoder.fc2'" in message
     assert "'classifier'" not in message  # only the close names
-    assert _hook_counts(model) == before  # nothing was registered for the good name either
+    assert hook_counts(model) == before  # nothing was registered for the good name either
     with pytest.raises(UnknownLayerError, match="non-empty"), capture(model, [""]):
         pass

@@ -39,9 +39,9 @@ def _plan() -> SplitPlan:
     """One form per layer: body.0 overlap, head disjoint, shared overlap (K = 2, 3, 2)."""
     return SplitPlan(
         [
-            UnitSplit("body.0", 2, [[0], [1]], shared=[2]),
+            UnitSplit("body.0", 2, [[0], [1]], shared=[2], merge="overlap"),
             UnitSplit("head", 1, [[0, 1], [2, 3], [4]], shared=[5], merge="disjoint"),
-            UnitSplit("shared", 0, [[0, 1, 2], [3, 4, 5]]),
+            UnitSplit("shared", 0, [[0, 1, 2], [3, 4, 5]], merge="overlap"),
         ]
     )
 

@@ -111,3 +111,17 @@ def test_verify_checks_the_rows_not_the_original(dtype: torch.dtype) -> None:
     assert not report.passed
     (layer0,) = [lay for lay in report.rows[0].layers if lay.layer == "0"]
     assert not layer0.passed and layer0.worst_split.unit == 4
+
+
+def test_writes_through_data_are_seen_too() -> None:
+    # `.data` writes do not bump the parameter's version counter: nothing may be cached on it
+    model = _model()
+    split = ns.apply_plan(model, _plan())
+    with torch.no_grad():
+        before = split(_x())
+        split[3].subunits.weight.data.mul_(2.0)
+        after = split(_x())
+        with explicit_rows(split):
+            rows = split(_x())
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, rows, rtol=1e-5, atol=1e-6)

@@ -38,9 +38,9 @@ class _Net(nn.Module):
 
 PLAN = SplitPlan(
     [
-        UnitSplit("conv", 4, [[0], [1]], shared=[2], labels=("a", "b")),
+        UnitSplit("conv", 4, [[0], [1]], shared=[2], merge="overlap", labels=("a", "b")),
         UnitSplit("fc", 1, [[0, 1], [2], [3]], shared=[4], merge="disjoint"),
-        UnitSplit("conv", 0, [[2, 1], [0]]),
+        UnitSplit("conv", 0, [[2, 1], [0]], merge="overlap"),
     ],
     meta={"method": "test"},
 )

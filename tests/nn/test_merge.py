@@ -289,10 +289,22 @@ def test_index_merge_direct_construction_and_errors() -> None:
         assert ov(inter).tolist() == [[3.0 + 2.0 + 1.5, 5.0]]
     with pytest.raises(ValueError, match="dim must be counted from the end"):
         IndexMerge(2, [0], [2], dim=1)
-    with pytest.raises(ValueError, match="form must be 'disjoint' or 'overlap'"):
-        IndexMerge(2, [0], [2], dim=-1, form="partition")
+    with pytest.raises(ValueError, match="merge must be one of 'disjoint', 'overlap'"):
+        IndexMerge(2, [0], [2], dim=-1, form="sum")
     with pytest.raises(ValueError, match="same length"):
         IndexMerge(2, [0, 1], [2], dim=-1)
     with pytest.raises(ValueError, match="expects 4 channels at dim -1"):
         m(torch.zeros(1, 3, dtype=DT))
     assert not any(k in m.state_dict() for k in ("index", "coef", "row_scale"))
+
+
+def test_subunit_numbers_accept_residual_and_numpy_integers() -> None:
+    m = IndexMerge(3, units=[1], num_subunits=[3], dim=-1, dtype=DT)
+    assert m.channel(np.int64(1), "residual") == m.channel(1, -1) == 5
+    assert m.channel(torch.tensor(1), np.int32(2)) == 4
+    with pytest.raises(UnknownSubunitError, match="unit 1.5 is not split"):
+        m.position(1.5)  # a float is no unit number, not unit 1
+    with pytest.raises(UnknownSubunitError, match="k=True does not exist"):
+        m.channel(1, True)
+    with m.scaled({(1, "residual"): 0.0}):
+        assert m.scales == {(1, -1): 0.0} and m.steered

@@ -186,7 +186,7 @@ def test_from_unit_splits_errors() -> None:
         LayerSplit.from_unit_splits([UnitSplit("a", 0, [[0], [1]]), UnitSplit("b", 0, [[0], [1]])])
     with pytest.raises(PlanError, match=r"units of layer 'a' use different merge forms"):
         LayerSplit.from_unit_splits(
-            [UnitSplit("a", 0, [[0], [1]]), UnitSplit("a", 1, [[0], [1]], merge="disjoint")]
+            [UnitSplit("a", 0, [[0], [1]]), UnitSplit("a", 1, [[0], [1]], merge="overlap")]
         )
     # an index gap is named with the unit and the layer
     with pytest.raises(

@@ -26,7 +26,7 @@ def test_unit_split_normalises_to_sorted_int_tuples() -> None:
     assert s.groups == ((1, 5), (2, 4))
     assert all(type(i) is int for g in s.groups for i in g)
     assert s.shared == (0, 3)
-    assert s.merge == "overlap" and s.labels == ()
+    assert s.merge == "disjoint" and s.labels == ()  # the default form, as for LayerSplit
     assert s.num_subunits == 2 and s.num_extra_rows == 2 and s.num_inputs == 6
     assert hash(s) == hash(UnitSplit("fc", 3, [[1, 5], [2, 4]], shared=[3, 0]))
 
@@ -137,9 +137,9 @@ def _plan(meta: dict | None = None) -> SplitPlan:
     """Two layers, one merge form each; layer "4" is given out of unit order."""
     return SplitPlan(
         [
-            UnitSplit("4", 1, [[0], [1, 2]], shared=[3]),
+            UnitSplit("4", 1, [[0], [1, 2]], shared=[3], merge="overlap"),
             UnitSplit("0", 2, [[0], [1]], shared=[2], merge="disjoint"),
-            UnitSplit("4", 0, [[3], [2], [1]], shared=[0]),
+            UnitSplit("4", 0, [[3], [2], [1]], shared=[0], merge="overlap"),
         ],
         meta=meta if meta is not None else {"method": "test", "rho": 0.5, "nested": {"a": [1]}},
     )
@@ -152,7 +152,7 @@ def test_plan_container_behaviour() -> None:
     assert plan.layers == ("4", "0")
     assert [(s.layer, s.unit) for s in plan] == [("4", 0), ("4", 1), ("0", 2)]
     assert plan[2].layer == "0" and plan[2].merge == "disjoint"
-    assert plan[0] == UnitSplit("4", 0, [[3], [2], [1]], shared=[0])
+    assert plan[0] == UnitSplit("4", 0, [[3], [2], [1]], shared=[0], merge="overlap")
     by = plan.by_layer()
     assert list(by) == ["4", "0"]
     assert all(isinstance(ls, LayerSplit) for ls in by.values())

@@ -175,8 +175,8 @@ def test_json_header_disagreeing_with_tensors_is_refused(tmp_path: Path, field: 
     path.write_text(json.dumps(data))
     with pytest.raises(
         CorruptFileError,
-        match=rf"plan file '{path}': layer 'blocks.0.mlp.fc2': the tensors have shape \(2, 5\), "
-        r"the JSON header says \(\d, \d\)",
+        match=rf"plan file '{path}' holds an invalid plan: layer 'blocks.0.mlp.fc2' declares "
+        r"\d units x \d inputs but its assignment is 2 x 5",
     ):
         SplitPlan.load(path)
 
@@ -189,7 +189,8 @@ def test_tensor_shapes_disagreeing_with_json_are_refused(tmp_path: Path) -> None
     _rewrite_tensors(path, tensors)
     with pytest.raises(
         CorruptFileError,
-        match=rf"plan file '{path}': .* tensors have shape \(2, 6\), the JSON header says \(2, 5\)",
+        match=rf"plan file '{path}' holds an invalid plan: .* declares 2 units x 5 inputs but its "
+        r"assignment is 2 x 6",
     ):
         SplitPlan.load(path)
 

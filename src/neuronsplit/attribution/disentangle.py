@@ -195,13 +195,12 @@ class Disentangle(GradientAttribution):
         with_attributions: bool = True,
     ) -> tuple[Raw, SplitConv2d | SplitLinear]:
         """One forward pass with the relevance session, then the masked backward per subunit."""
-        split = None
+        if not refs or len({ref.layer for ref in refs}) != 1:
+            raise ValueError(f"one call attributes subunits of one layer, got {list(refs)}")
         subunits = []
         for ref in refs:
             split, rows, coef = subunit_rows(self.model, ref)
             subunits.append(Subunit(rows, coef))
-        if split is None:
-            raise ValueError("no subunit to attribute")
         raw = masked_backward(
             self.model, self.backend, inputs, target, additional_forward_args, split, subunits,
             unit=unit, with_attributions=with_attributions,
@@ -323,7 +322,7 @@ class Disentangle(GradientAttribution):
         >>> from torch import nn
         >>> from neuronsplit.plan import SplitPlan, UnitSplit
         >>> m = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
-        >>> plan = SplitPlan([UnitSplit("0", 0, [[0], [1]], shared=[2], merge="partition")])
+        >>> plan = SplitPlan([UnitSplit("0", 0, [[0], [1]], shared=[2], merge="disjoint")])
         >>> res = Disentangle(m, plan).attribute_unit(torch.rand(4, 3), target=0, layer="0", unit=0)
         >>> res.subunits.shape, torch.allclose(res.relevance.sum(1), res.unit_relevance, atol=1e-6)
         (torch.Size([3, 4, 3]), True)

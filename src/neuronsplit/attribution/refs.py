@@ -226,7 +226,8 @@ def subunit_rows(
     >>> from torch import nn
     >>> from neuronsplit.plan import SplitPlan, UnitSplit
     >>> from neuronsplit.nn import apply_plan
-    >>> m = apply_plan(nn.Sequential(nn.Linear(3, 3)), SplitPlan([UnitSplit("0", 2, [[0], [1]], [2])]))
+    >>> plan = SplitPlan([UnitSplit("0", 2, [[0], [1]], [2], merge="overlap")])
+    >>> m = apply_plan(nn.Sequential(nn.Linear(3, 3)), plan)
     >>> subunit_rows(m, ("0", 2, 1))[1:], subunit_rows(m, ("0", 2, -1))[1:]
     ((((3, 1.0), (4, 1.0)), 1.0), (((4, 1.0),), -1.0))
     """

@@ -86,8 +86,8 @@ def tap_sums(module: nn.Module, inputs: Tensor, out_shape: Sequence[int]) -> Ten
     if inputs.dtype in (torch.float16, torch.bfloat16):
         inputs = inputs.float()
     if isinstance(module, nn.Linear):
-        if inputs.dim() == 2:
-            return inputs.unsqueeze(-1)
+        if inputs.dim() == 2:  # a copy: the scan keeps it past later in-place ops on the input
+            return inputs.unsqueeze(-1).clone()
         return inputs.sum(dim=tuple(range(1, inputs.dim() - 1))).unsqueeze(-1)
     x = F.pad(inputs, _conv_pads(module))
     (kh, kw), (dh, dw), (sh, sw) = module.kernel_size, module.dilation, module.stride

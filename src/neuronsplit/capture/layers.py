@@ -168,7 +168,13 @@ def check_plain(model: nn.Module, layer: nn.Module, name: str) -> None:
 
 
 def layer_kind(module: nn.Module) -> str:
-    """Return ``"conv2d"`` or ``"linear"`` for a supported layer."""
+    """Return ``"conv2d"`` or ``"linear"`` for a supported layer.
+
+    Examples
+    --------
+    >>> layer_kind(nn.Conv2d(1, 2, 3)), layer_kind(nn.Linear(2, 2))
+    ('conv2d', 'linear')
+    """
     return "conv2d" if isinstance(module, nn.Conv2d) else "linear"
 
 

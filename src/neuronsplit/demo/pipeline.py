@@ -16,9 +16,10 @@ import torch
 
 from .. import __version__
 from ..evaluation import concept_fractions
-from ..methods.hesse import find_polysemantic, plan_split
+from ..methods.hesse import PolysemanticUnit, find_polysemantic, plan_split
 from ..nn import apply_plan, explicit_rows, verify_equivalence
-from ..stats import scan
+from ..plan import SplitPlan
+from ..stats import ScanResult, scan
 from .data import digits_loader, load_digits
 from .model import DEMO_LAYER, get_demo_model
 
@@ -33,7 +34,7 @@ def demo_plan(
     p: float = 0.75,
     gamma: float = 0.5,
     progress: bool = False,
-):
+) -> tuple[ScanResult, list[PolysemanticUnit], SplitPlan]:
     """Scan the demo model, find its polysemantic ``fc2`` units and plan the top ``top`` splits.
 
     Returns

@@ -115,6 +115,8 @@ def concept_fractions(
     """
     kind = layer_kind(resolve_layer(original, layer))
     split_layer = get_split_layer(split, layer)
+    device = split_layer.subunits.weight.device
+    images, labels = images.to(device), labels.to(device)
     with eval_mode(original, split):
         out, grad = _layer_io(original, layer, images, labels)
         positive = unit_sum((out * grad).clamp(min=0), kind)  # clamp per position, then sum
@@ -133,7 +135,8 @@ def concept_fractions(
     res = read(-1)
     results = []
     for k, concept in enumerate(concepts):
-        mask = torch.isin(labels, torch.tensor(list(concept))) & (rel >= tau) & (orig != 0)
+        members = torch.tensor(list(concept), device=labels.device)
+        mask = torch.isin(labels, members) & (rel >= tau) & (orig != 0)
         denom = orig[mask]
         fractions = subs[mask] / denom.unsqueeze(1)
         residual = res[mask] / denom

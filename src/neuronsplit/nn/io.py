@@ -225,10 +225,7 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
                 f"{str(p)!r} does not exist; a saved split model needs both {PLAN_FILE} and "
                 f"{WEIGHTS_FILE} (write them with neuronsplit.save)"
             )
-    try:
-        plan = SplitPlan.load(plan_path)
-    except PlanError as err:
-        raise CorruptFileError(f"{str(plan_path)!r} holds an invalid plan: {err}") from err
+    plan = SplitPlan.load(plan_path)  # CorruptFileError names the file
     file_shapes, header = _header_shapes(weights_path)
     if "plan_sha256" in header and header["plan_sha256"] != sha256_file(plan_path):
         raise CorruptFileError(

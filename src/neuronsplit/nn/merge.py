@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,10 +26,38 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnknownSubunitError
+from ..plan.forms import normalise_form
 
-__all__ = ["IndexMerge", "RESIDUAL"]
+__all__ = ["IndexMerge", "RESIDUAL", "extra_rows"]
 
 RESIDUAL = -1  # subunit number of a residual row
+
+
+def _as_int(value: Any) -> int:
+    """An int from an int, a numpy integer or a 0-d integer tensor; ``TypeError`` otherwise."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a unit or subunit number")
+    return operator.index(value)
+
+
+def extra_rows(num_subunits: Tensor) -> tuple[Tensor, Tensor]:
+    """The layout of the extra rows: for each, the position of its unit and its subunit number.
+
+    Split unit ``s`` (in ascending unit order) owns ``K_s`` extra rows: subunits ``1 .. K_s-1``,
+    then its residual (``-1``); subunit 0 stays in the unit's own row. The one definition of the
+    row layout, used by the merge and by the construction of the rows.
+
+    Examples
+    --------
+    >>> extra_rows(torch.tensor([2, 3]))
+    (tensor([0, 0, 1, 1, 1]), tensor([ 1, -1,  1,  2, -1]))
+    """
+    ks = torch.as_tensor(num_subunits, dtype=torch.long).flatten().cpu()
+    pos = torch.repeat_interleave(torch.arange(ks.numel()), ks)
+    starts = torch.cumsum(ks, 0) - ks
+    within = torch.arange(int(ks.sum())) - starts[pos]  # 0 .. K-1 within each unit
+    last = within == ks[pos] - 1
+    return pos, torch.where(last, torch.full_like(within, RESIDUAL), within + 1)
 
 
 class IndexMerge(nn.Module):
@@ -89,8 +118,7 @@ class IndexMerge(nn.Module):
         super().__init__()
         if dim >= 0:
             raise ValueError(f"dim must be counted from the end (negative), got {dim}")
-        if form not in ("disjoint", "overlap"):
-            raise ValueError(f"form must be 'disjoint' or 'overlap', got {form!r}")
+        form = normalise_form(form, "merge")
         units_t = torch.as_tensor(units, dtype=torch.long).flatten().cpu()
         ks = torch.as_tensor(num_subunits, dtype=torch.long).flatten().cpu()
         if units_t.shape != ks.shape:
@@ -98,11 +126,8 @@ class IndexMerge(nn.Module):
         self.original_out = int(original_out)
         self.dim = int(dim)
         self.form = form
-        extra = int(ks.sum())
+        pos, sub = extra_rows(ks)
         starts = torch.cumsum(ks, 0) - ks
-        within = torch.arange(extra) - torch.repeat_interleave(starts, ks)  # 0 .. K-1 per unit
-        last = within == torch.repeat_interleave(ks, ks) - 1
-        sub = torch.where(last, torch.full_like(within, RESIDUAL), within + 1)
         long = {"dtype": torch.long, "device": device}
         self.register_buffer(
             "index", torch.repeat_interleave(units_t, ks).to(**long), persistent=False
@@ -116,7 +141,7 @@ class IndexMerge(nn.Module):
         )
         flt = {"dtype": dtype, "device": device}
         self.register_buffer("row_scale", torch.ones(self.original_out, **flt), persistent=False)
-        self.register_buffer("coef", torch.ones(extra, **flt), persistent=False)
+        self.register_buffer("coef", torch.ones(int(ks.sum()), **flt), persistent=False)
         self._position = {u: s for s, u in enumerate(units_t.tolist())}
         self._stack: list[tuple[object, dict[tuple[int, int], float]]] = []
         self._steered = False
@@ -130,8 +155,8 @@ class IndexMerge(nn.Module):
     def position(self, unit: int) -> int:
         """Index of ``unit`` among the split units (``UnknownSubunitError`` if it is not split)."""
         try:
-            return self._position[int(unit)]
-        except (KeyError, TypeError, ValueError):
+            return self._position[_as_int(unit)]
+        except (KeyError, TypeError):
             shown = list(self._position)[:20]
             raise UnknownSubunitError(
                 f"unit {unit!r} is not split in this layer; split units: {shown}"
@@ -143,13 +168,18 @@ class IndexMerge(nn.Module):
         """Channel of subunit ``k`` of ``unit`` in the ``.subunits`` output (``k=-1``: residual)."""
         s = self.position(unit)
         n = int(self.num_subunits[s])
-        if isinstance(k, bool) or not isinstance(k, int) or not RESIDUAL <= k < n:
+        try:
+            number = RESIDUAL if k == "residual" else _as_int(k)
+        except TypeError:
+            number = n  # out of range: reported below
+        if not RESIDUAL <= number < n:
             raise UnknownSubunitError(
                 f"subunit k={k!r} does not exist for unit {unit}, which has {n} subunits (valid "
                 f"k: 0..{n - 1}, or -1 / 'residual' for the residual)"
             )
+        k = number
         if k == 0:
-            return int(unit)
+            return _as_int(unit)
         offset = int(self.offsets[s])
         return offset + n - 1 if k == RESIDUAL else offset + k - 1
 
@@ -209,7 +239,7 @@ class IndexMerge(nn.Module):
             value = float(alpha)
             if not math.isfinite(value):
                 raise ValueError(f"scale of subunit ({unit}, {k}) must be finite, got {alpha!r}")
-            entry[(int(unit), int(k))] = value
+            entry[(_as_int(unit), RESIDUAL if k == "residual" else _as_int(k))] = value
         token = object()
         self._stack.append((token, entry))
         try:

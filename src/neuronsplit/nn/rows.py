@@ -11,19 +11,9 @@ import torch
 from torch import Tensor
 
 from ..plan import LayerSplit
-from .merge import RESIDUAL
+from .merge import RESIDUAL, extra_rows
 
 __all__ = ["build_rows"]
-
-
-def _extra_slots(split: LayerSplit) -> tuple[Tensor, Tensor]:
-    """For every extra row: the position of its unit in ``split.units`` and its subunit number."""
-    ks = split.num_subunits
-    pos = torch.repeat_interleave(torch.arange(ks.numel()), ks)
-    starts = torch.cumsum(ks, 0) - ks
-    within = torch.arange(int(ks.sum())) - torch.repeat_interleave(starts, ks)
-    last = within == torch.repeat_interleave(ks, ks) - 1
-    return pos, torch.where(last, torch.full_like(within, RESIDUAL), within + 1)
 
 
 def _broadcast(mask: Tensor, like: Tensor) -> Tensor:
@@ -33,7 +23,20 @@ def _broadcast(mask: Tensor, like: Tensor) -> Tensor:
 def build_rows(
     weight: Tensor, bias: Tensor | None, split: LayerSplit
 ) -> tuple[Tensor, Tensor | None]:
-    """The widened weight and bias of a split layer (exact copies of entries, no arithmetic)."""
+    """The widened weight and bias of a split layer (exact copies of entries, no arithmetic).
+
+    Parameters
+    ----------
+    weight, bias : Tensor
+        The original layer's parameters (``(C, J, ...)`` and ``(C,)``).
+    split : LayerSplit
+        The split of the layer.
+
+    Returns
+    -------
+    (Tensor, Tensor or None)
+        ``(C + E, J, ...)`` rows and ``(C + E,)`` bias (the whole bias on the residual rows).
+    """
     w = weight.detach()
     device = w.device
     units = split.units.to(device)
@@ -42,7 +45,7 @@ def build_rows(
     zero = torch.zeros((), dtype=w.dtype, device=device)
     new_w = w.clone()
     new_w[units] = torch.where(_broadcast(assign == 0, unit_rows), unit_rows, zero)
-    pos, slot = (t.to(device) for t in _extra_slots(split))
+    pos, slot = (t.to(device) for t in extra_rows(split.num_subunits))
     extra_mask = assign.index_select(0, pos) == slot[:, None]  # (E, J)
     extra_w = torch.where(_broadcast(extra_mask, unit_rows), unit_rows.index_select(0, pos), zero)
     new_w = torch.cat([new_w, extra_w], 0)

@@ -10,9 +10,11 @@ input weight therefore sits in exactly one row, unchanged, and ``z_u = sum_k t_k
 
 When nothing can observe the rows -- grad disabled, no hook on ``.subunits`` or ``.merge`` (nor a
 global forward hook), no steering, not scripted or traced, :func:`explicit_rows` not in force --
-the forward pass runs the original layer instead (its weight rebuilt bit for bit from the rows
-and cached until a row changes). A whole ViT-B layer split four ways then costs nothing at
-inference; Captum, Zennit, gradients, steering and ``verify_equivalence`` all see the rows.
+the forward pass runs the original layer instead: its weight is the merge applied to the rows'
+weights (``W_u = sum of u's rows``, exact because every entry is non-zero in one row only),
+rebuilt on every such call, so it always follows the rows. A whole ViT-B layer split four ways
+then costs next to nothing at inference; Captum, Zennit, gradients, steering and
+``verify_equivalence`` all see the rows.
 
 Hesse's overlap form is a *view* of these rows: subunit ``k`` is ``s_k = t_k + r`` and
 ``z_u = sum_k s_k - (K-1) r``. :meth:`SplitLinear.subunit_channels` gives the channels (and
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +70,6 @@ class _SplitLayer(nn.Module):
         )  # fmt: skip
         self.layer_split = split
         self.force_rows = False
-        self._original: tuple[Any, Tensor, Tensor | None] | None = None
         self.train(layer.training)
 
     _kind: str = "linear"
@@ -104,14 +104,20 @@ class _SplitLayer(nn.Module):
         )
 
     def _original_parameters(self) -> tuple[Tensor, Tensor | None]:
-        """The original weight and bias, rebuilt from the rows; cached until a row changes."""
-        w, b = self.subunits.weight, self.subunits.bias
-        key = (_state(w), None if b is None else _state(b))
-        if self._original is None or self._original[0] != key:
-            original = self.unsplit()
-            bias = None if original.bias is None else original.bias.detach()
-            self._original = (key, original.weight.detach(), bias)
-        return self._original[1], self._original[2]
+        """The original weight and bias: the merge applied to the rows' parameters.
+
+        Every weight entry is non-zero in exactly one row (the others hold 0.0), and the whole
+        bias sits in the residual row, so adding a unit's rows gives its original row exactly.
+        Rebuilt on every call (a read of the rows, cheap next to the layer itself), so it can
+        never fall behind an edit of the rows.
+        """
+        index = self.merge.index
+        c = self.original_out
+        w = self.subunits.weight.detach()
+        weight = w[:c].index_add(0, index, w[c:])
+        b = self.subunits.bias
+        bias = None if b is None else b.detach()[:c].index_add(0, index, b.detach()[c:])
+        return weight, bias
 
     def _run_original(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError  # pragma: no cover
@@ -172,7 +178,8 @@ class _SplitLayer(nn.Module):
 
         Examples
         --------
-        >>> lin = SplitLinear(nn.Linear(3, 4), [UnitSplit("fc", 2, [[0], [1]], [2])])
+        >>> split = UnitSplit("fc", 2, [[0], [1]], [2], merge="overlap")
+        >>> lin = SplitLinear(nn.Linear(3, 4), [split])
         >>> lin.subunit_channels(2, 1), lin.subunit_channels(2, -1)
         (((4, 1.0), (5, 1.0)), ((5, 1.0),))
         """
@@ -229,11 +236,6 @@ class _SplitLayer(nn.Module):
 
 def _observed(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
-
-
-def _state(t: Tensor) -> tuple[Any, ...]:
-    # identity, in-place version, storage, dtype and device: any change invalidates the cache
-    return (id(t), t._version, t.data_ptr(), t.dtype, t.device)
 
 
 @contextlib.contextmanager

@@ -143,6 +143,17 @@ def iter_split_layers(model: nn.Module) -> Iterator[tuple[str, SplitConv2d | Spl
 def get_split_layer(model: nn.Module, name: str) -> SplitConv2d | SplitLinear:
     """Return the split layer at ``name``.
 
+    Parameters
+    ----------
+    model : nn.Module
+        A split model.
+    name : str
+        Dotted layer name.
+
+    Returns
+    -------
+    SplitConv2d or SplitLinear
+
     Raises
     ------
     UnknownLayerError

@@ -178,7 +178,7 @@ def _run_dtype(
                     layer_abs[name].fill_(math.inf)
                 for a, b in zip(outs_o, outs_s, strict=False):
                     d = (a.double() - b.double()).abs()
-                    diff = _per_unit_max(d, lay.merge.dim)
+                    diff = _per_unit_max(d, lay.merge.dim).cpu()  # the report lives on the CPU
                     layer_abs[name] = torch.maximum(layer_abs[name], diff)
                     layer_ref[name] = max(layer_ref[name], _amax(a.double()))
     if n_batches == 0:

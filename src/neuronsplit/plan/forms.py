@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from ..errors import PlanError
@@ -14,13 +15,26 @@ __all__ = ["MERGE_FORMS", "normalise_form"]
 MERGE_FORMS: tuple[str, ...] = ("disjoint", "overlap")
 
 
+def _caller_level() -> int:
+    """``stacklevel`` that points a warning at the first frame outside neuronsplit.
+
+    Frames are told apart by their module (``__name__`` of their globals), which also covers
+    the ``__init__`` that ``dataclasses`` generates for :class:`UnitSplit`.
+    """
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("neuronsplit"):
+        level += 1
+        frame = frame.f_back
+    return level
+
+
 def normalise_form(form: object, where: str) -> str:
     """Return a valid merge form; ``"partition"`` becomes ``"disjoint"`` with a warning."""
     if form == "partition":
         warnings.warn(
             'merge="partition" is deprecated; it is now called merge="disjoint"',
             DeprecationWarning,
-            stacklevel=4,
+            stacklevel=_caller_level(),
         )
         return "disjoint"
     if form not in MERGE_FORMS:

@@ -207,7 +207,10 @@ class SplitPlan:
                 raise CorruptFileError(
                     f"split plan field 'splits' must be a list, got {splits!r:.60}"
                 )
-            return cls(tuple(UnitSplit.from_dict(s) for s in splits), meta=meta)
+            # version-1 files default to Hesse's overlap form, the default of neuronsplit 0.1
+            units = [UnitSplit.from_dict({"merge": "overlap", **s}) if isinstance(s, Mapping)
+                     else UnitSplit.from_dict(s) for s in splits]  # fmt: skip
+            return cls(units, meta=meta)
         if "assignments" in data:
             raise CorruptFileError(
                 "this plan keeps its assignments in a separate safetensors file; read it with "
@@ -252,7 +255,8 @@ class SplitPlan:
         CorruptFileError
             Missing file, invalid JSON or a malformed plan layout.
         PlanError
-            Invalid splits.
+            Invalid splits in JSON text (a file with invalid splits raises CorruptFileError
+            naming the file).
 
         Examples
         --------
@@ -275,7 +279,17 @@ class SplitPlan:
         """Write ``path`` (``plan.json``: metadata) and ``<stem>.safetensors`` (assignments).
 
         Both are written atomically; the JSON records the SHA-256 of the tensor file, so a pair
-        from different saves is refused on load. Returns the JSON path.
+        from different saves is refused on load.
+
+        Parameters
+        ----------
+        path : str or Path
+            The JSON file; it must end in ``.json``.
+
+        Returns
+        -------
+        Path
+            The JSON path.
         """
         from .files import save_plan
 
@@ -283,7 +297,13 @@ class SplitPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> SplitPlan:
-        """Read a plan written by :meth:`save` (or an inline JSON file)."""
+        """Read a plan written by :meth:`save` (or an inline JSON file).
+
+        Raises
+        ------
+        CorruptFileError
+            Missing, unreadable, mismatched or invalid files; the message names the file.
+        """
         from .files import load_plan
 
         return load_plan(Path(path))
@@ -313,6 +333,13 @@ class SplitPlan:
 
 
 def check_header(data: Any) -> tuple[Mapping[str, Any], int]:
+    """Validate the format, version and meta of a plan dict; return ``(meta, version)``.
+
+    Raises
+    ------
+    CorruptFileError
+        Not an object, another format, a version this neuronsplit cannot read, or bad meta.
+    """
     if not isinstance(data, Mapping):
         raise CorruptFileError(f"a split plan must be a JSON object, got {type(data).__name__}")
     fmt = data.get("format", PLAN_FORMAT)

@@ -32,7 +32,7 @@ class UnitSplit:
         needs no split. A group may be empty (the split stays exact).
     shared : sequence of int, default ()
         The remaining input indices (``S0``), seen by the residual.
-    merge : {"overlap", "disjoint"}, default "overlap"
+    merge : {"disjoint", "overlap"}, default "disjoint"
         How the subunits are read (the rows of the split layer are the same for both):
         ``"overlap"`` (Hesse et al.): subunit ``k`` is ``groups[k] + shared`` plus the bias and
         ``z = sum_k s_k - (K-1) r``; ``"disjoint"``: subunit ``k`` sees only ``groups[k]``, the
@@ -60,7 +60,7 @@ class UnitSplit:
     unit: int
     groups: tuple[tuple[int, ...], ...]
     shared: tuple[int, ...] = ()
-    merge: str = "overlap"
+    merge: str = "disjoint"
     labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -192,7 +192,7 @@ class UnitSplit:
         Examples
         --------
         >>> UnitSplit.from_dict({"layer": "fc", "unit": 0, "groups": [[0], [1]]}).merge
-        'overlap'
+        'disjoint'
         """
         if not isinstance(data, Mapping):
             raise PlanError(f"a unit split must be a JSON object, got {type(data).__name__}")

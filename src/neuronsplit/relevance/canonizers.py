@@ -61,6 +61,7 @@ def TimmResNetCanonizer() -> Any:  # noqa: N802 - reads like a class, as Zennit'
     --------
     >>> import timm
     >>> from zennit.composites import EpsilonPlusFlat
+    >>> from neuronsplit.relevance import Zennit
     >>> backend = Zennit(EpsilonPlusFlat(), canonizers=[TimmResNetCanonizer()])
     """
     from timm.models.resnet import BasicBlock, Bottleneck

@@ -2,7 +2,8 @@
 and the distributed rule.
 """
 
-from .result import DEFAULT_TAU_GRID, LayerStats, ScanResult
+from .layer import DEFAULT_TAU_GRID, LayerStats
+from .result import ScanResult
 from .scanner import scan
 from .statistics import (
     ClassCounts,

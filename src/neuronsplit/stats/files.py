@@ -14,7 +14,8 @@ from typing import Any
 
 from .._files import atomic_write
 from ..errors import CorruptFileError
-from .result import LayerStats, ScanResult
+from .layer import LayerStats
+from .result import ScanResult
 from .statistics import STATISTIC_TYPES, ClassCounts, Statistic
 
 __all__ = ["save_scan", "load_scan", "SCAN_FORMAT", "SCAN_VERSION"]

@@ -20,104 +20,10 @@ from torch import Tensor
 
 from ..capture import contributions_from_taps
 from ..errors import EmptyClassError, IncompatibleResultsError, UnknownLayerError
-from .statistics import ClassCounts, ClassSums, Statistic, TapSums, TauCounts, TopN
+from .layer import DEFAULT_TAU_GRID, LayerStats, layout
+from .statistics import ClassCounts, reduce_on
 
 __all__ = ["LayerStats", "ScanResult", "DEFAULT_TAU_GRID"]
-
-DEFAULT_TAU_GRID: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.1)
-
-
-@dataclass
-class LayerStats:
-    """The statistics of one scanned layer.
-
-    Attributes
-    ----------
-    name, kind : str
-        Dotted layer name; ``"conv2d"`` or ``"linear"``.
-    weight : Tensor
-        ``(C, J, K)`` float64: the layer weight with the kernel flattened.
-    statistics : dict of str to Statistic
-        ``"important"`` (:class:`TauCounts`), ``"relevance_sum"`` (:class:`ClassSums`),
-        ``"input_sums"`` (:class:`TapSums`) and, when the scan kept samples,
-        ``"top_activation"`` / ``"top_relevance"`` (:class:`TopN`).
-    """
-
-    name: str
-    kind: str
-    weight: Tensor
-    statistics: dict[str, Statistic]
-
-    @property
-    def num_units(self) -> int:
-        """Number of units (output channels or features)."""
-        return int(self.weight.shape[0])
-
-    @property
-    def num_inputs(self) -> int:
-        """Number of inputs (input channels or features)."""
-        return int(self.weight.shape[1])
-
-    @property
-    def important(self) -> Tensor:
-        """``(T, N, C)`` importance counts on the tau grid."""
-        return self.statistics["important"].counts
-
-    @property
-    def relevance_sum(self) -> Tensor:
-        """``(N, C)`` class sums of the unit relevances."""
-        return self.statistics["relevance_sum"].sums
-
-    @property
-    def input_sums(self) -> Tensor:
-        """``(N, J, K)`` class sums of the input tap sums."""
-        return self.statistics["input_sums"].sums
-
-    @property
-    def top_activation(self) -> TopN | None:
-        """Per unit the samples with the largest activation (None if not kept)."""
-        return self.statistics.get("top_activation")  # type: ignore[return-value]
-
-    @property
-    def top_relevance(self) -> TopN | None:
-        """Per unit the samples with the largest relevance (None if not kept)."""
-        return self.statistics.get("top_relevance")  # type: ignore[return-value]
-
-    def tensors(self) -> dict[str, Tensor]:
-        """The weight and every statistic's tensors, keyed ``"<statistic>/<field>"``."""
-        out = {"weight": self.weight}
-        for key, stat in self.statistics.items():
-            out.update({f"{key}/{f}": t for f, t in stat.tensors.items()})
-        return out
-
-    @classmethod
-    def from_tensors(
-        cls,
-        name: str,
-        kind: str,
-        weight: Tensor,
-        important: Tensor,
-        relevance_sum: Tensor,
-        input_sums: Tensor,
-        *,
-        taus: Sequence[float] = DEFAULT_TAU_GRID,
-    ) -> LayerStats:
-        """Build the core statistics from plain tensors (e.g. to test detection by hand)."""
-        return cls(
-            name,
-            kind,
-            weight,
-            {
-                "important": TauCounts(counts=important, taus=tuple(taus)),
-                "relevance_sum": ClassSums(sums=relevance_sum),
-                "input_sums": TapSums(sums=input_sums),
-            },
-        )
-
-    def merge(self, other: LayerStats) -> LayerStats:
-        """Both layers' statistics together."""
-        stats = {k: s.merge(other.statistics[k]) for k, s in self.statistics.items()}
-        return LayerStats(self.name, self.kind, self.weight.clone(), stats)
 
 
 @dataclass
@@ -289,22 +195,47 @@ class ScanResult:
         ScanResult
             ``self``.
         """
-        from .sharding import collective_device, require_process_group
+        from .sharding import (
+            check_same_everywhere,
+            collective_device,
+            current_shard,
+            require_process_group,
+        )
 
         require_process_group()
+        # shapes must agree before any tensor collective, or NCCL would wait forever
+        check_same_everywhere(current_shard(group), self._signature())
         device = collective_device(group)
-        home = self.class_counts.device
-
-        def reduced(stat: Statistic) -> Any:
-            moved = stat.to(device)
-            moved.all_reduce(group)
-            return moved.to(home)
-
-        self.counts = reduced(self.counts)
+        self.counts = reduce_on(self.counts, device, group)  # type: ignore[assignment]
         for stats in self.layers.values():
             for key, stat in list(stats.statistics.items()):
-                stats.statistics[key] = reduced(stat)
+                stats.statistics[key] = reduce_on(stat, device, group)
         return self
+
+    def to(self, device: torch.device | str) -> ScanResult:
+        """A copy with every statistic on ``device`` (weights stay float64 on the CPU)."""
+        layers = {
+            name: LayerStats(
+                name, s.kind, s.weight, {k: v.to(device) for k, v in s.statistics.items()}
+            )
+            for name, s in self.layers.items()
+        }
+        counts = self.counts.to(device)
+        return ScanResult(
+            layers, counts, self.tau_grid, self.relevance, self.target, dict(self.meta)
+        )  # type: ignore[arg-type]
+
+    def _signature(self) -> dict[str, Any]:
+        """What every process of a distributed reduction must agree on."""
+        return {
+            "layers": {
+                n: (s.kind, tuple(s.weight.shape), layout(s)) for n, s in self.layers.items()
+            },
+            "num_classes": self.num_classes,
+            "tau_grid": list(self.tau_grid),
+            "relevance": self.relevance,
+            "target": self.target,
+        }
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
@@ -368,17 +299,9 @@ class ScanResult:
                 same = stats.weight.shape == theirs.weight.shape
                 if not same or not torch.equal(stats.weight, theirs.weight):
                     problems.append(f"weights of {name!r} differ (different models?)")
-                if _layout(stats) != _layout(theirs):
+                if layout(stats) != layout(theirs):
                     problems.append(
-                        f"statistics of {name!r} differ: {_layout(stats)} vs {_layout(theirs)}"
+                        f"statistics of {name!r} differ: {layout(stats)} vs {layout(theirs)}"
                     )
         if problems:
             raise IncompatibleResultsError("cannot merge scan results: " + "; ".join(problems))
-
-
-def _layout(stats: LayerStats) -> dict[str, tuple[Any, ...]]:
-    """Type, parameters and tensor shapes of every statistic of a layer."""
-    return {
-        key: (type(s).__name__, s.spec(), {k: tuple(t.shape) for k, t in s.tensors.items()})
-        for key, s in stats.statistics.items()
-    }

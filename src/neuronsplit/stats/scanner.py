@@ -33,10 +33,10 @@ from ..capture import (
 from ..errors import IncompatibleResultsError, InputShapeError, InvalidTargetError, NonFiniteError
 from ..relevance import RelevanceBackend, get_backend, per_unit
 from .batches import split_batch, targets_of
-from .result import DEFAULT_TAU_GRID, LayerStats, ScanResult
+from .layer import DEFAULT_TAU_GRID, LayerStats
+from .result import ScanResult
 from .sharding import (
     Shard,
-    check_same_everywhere,
     collective_device,
     current_shard,
     max_over_ranks,
@@ -48,13 +48,17 @@ from .statistics import ClassCounts, ClassSums, LayerBatch, TapSums, TauCounts, 
 __all__ = ["scan"]
 
 
-def _per_position(tensor: Tensor, kind: str) -> Tensor:
-    """``(B, C, positions)`` view of a layer output (conv pixels, tokens, or one position)."""
+def _position_max(tensor: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """Largest value of every unit over its positions (conv pixels, tokens), and where: ``(B, C)``.
+
+    Positions are flat: ``h * W + w`` for a conv, the flat token index for a token Linear, 0 for
+    a 2-d Linear. Views only, no copy of the layer output.
+    """
     if kind == "conv2d":
-        return tensor.flatten(2)
+        return tensor.flatten(2).max(-1)
     if tensor.dim() == 2:
-        return tensor.unsqueeze(-1)
-    return tensor.movedim(-1, 1).reshape(tensor.shape[0], tensor.shape[-1], -1)
+        return tensor, torch.zeros_like(tensor, dtype=torch.long)
+    return tensor.flatten(1, -2).max(1)
 
 
 class _Accumulator:
@@ -95,22 +99,6 @@ class _Accumulator:
     def update(self, name: str, batch: LayerBatch) -> None:
         for stat in self.layers[name].values():
             stat.update(batch)
-
-    def all_reduce(self, shard: Shard, device: torch.device) -> None:
-        """Reduce every statistic on ``device`` (where the backend's collectives run) and
-        bring it back to the scan's device; a no-op move for NCCL on a GPU scan or gloo on CPU.
-        """
-
-        def reduced(stat: Any) -> Any:
-            moved = stat.to(device)
-            moved.all_reduce(shard.group)
-            return moved.to(self.device)
-
-        if self.counts is not None:
-            self.counts = reduced(self.counts)
-        for stats in self.layers.values():
-            for key, stat in list(stats.items()):
-                stats[key] = reduced(stat)
 
 
 def _check_arguments(
@@ -219,56 +207,46 @@ def scan(
     where = current_shard() if shard else Shard()
     modules = {name: resolve_layer(model, name) for name in names}
     acc = _Accumulator(modules, taus, top_n, device)
+    # the sample order is agreed on (a collective) before the loop: a process that fails in the
+    # loop then meets the others in the error-flag reduction, never in another collective
+    stream, total = sharded_batches(loader, where, max_batches, sample_offset)
     batches = 0
     try:
         batches, num_classes = _loop(
-            model, loader, names, num_classes, backend, target, acc, device, where, max_batches,
-            progress, sample_offset,
-        )  # fmt: skip
+            model, stream, total, names, num_classes, backend, target, acc, device, progress
+        )
     except BaseException:
         if where.world > 1:
             with contextlib.suppress(Exception):
                 sync_failure(where, True, collective_device(where.group))
         raise
     if where.world > 1:
-        cdev = collective_device(where.group)
-        sync_failure(where, False, cdev)
-        num_classes, batches = _agree(
-            where, model, modules, num_classes, taus, backend, target, top_n, cdev, batches
-        )
+        sync_failure(where, False, collective_device(where.group))
+        num_classes, batches = _agree(where, num_classes, batches)
         acc.allocate(num_classes)  # a process that got no batch takes part with empty statistics
-        acc.all_reduce(where, cdev)
     if acc.counts is None:
         raise InputShapeError("the loader yielded no batches; nothing was scanned")
     result_layers = {}
     for name, module in modules.items():
         weight = flat_weight(module).detach().to("cpu", torch.float64).clone()
-        stats = {k: s.to("cpu") for k, s in acc.layers[name].items()}
-        result_layers[name] = LayerStats(name, layer_kind(module), weight, stats)
+        result_layers[name] = LayerStats(name, layer_kind(module), weight, acc.layers[name])
     meta = {
         "model": type(model).__name__,
         "batches": batches,
         "merged": 1,
         "processes": where.world,
     }
-    return ScanResult(
-        result_layers,
-        acc.counts.to("cpu"),
-        taus,
-        backend.describe(),
-        target,
-        meta,  # type: ignore[arg-type]
-    )
+    result = ScanResult(result_layers, acc.counts, taus, backend.describe(), target, meta)
+    if where.world > 1:
+        result.all_reduce(where.group)  # checks that every process scanned the same, then sums
+    return result.to("cpu")
 
 
-def _agree(
-    where: Shard, model: nn.Module, modules: dict[str, nn.Module], num_classes: int | None,
-    taus: tuple[float, ...], backend: RelevanceBackend, target: str, top_n: int,
-    device: torch.device, batches: int,
-) -> tuple[int, int]:  # fmt: skip
-    """Check that every process scanned the same thing; give idle processes their statistics."""
+def _agree(where: Shard, num_classes: int | None, batches: int) -> tuple[int, int]:
+    """The number of classes every process must use, and the batches scanned in all."""
     import torch.distributed as dist
 
+    device = collective_device(where.group)
     hi, lo = max_over_ranks(where, -1 if num_classes is None else num_classes, device)
     if hi < 0:
         raise InputShapeError("the loader yielded no batches on any process; nothing was scanned")
@@ -277,63 +255,41 @@ def _agree(
             f"scan processes disagree on the number of classes ({lo} vs {hi}); pass "
             "num_classes= or scan the same model everywhere"
         )
-    signature = {
-        "layers": [(n, *layer_shape(m), tuple(m.weight.shape)) for n, m in modules.items()],
-        "tau_grid": list(taus),
-        "relevance": backend.describe(),
-        "target": target,
-        "top_n": top_n,
-        "model": type(model).__name__,
-    }
-    check_same_everywhere(where, signature)
     count = torch.tensor([batches], dtype=torch.int64, device=device)
     dist.all_reduce(count, group=where.group)
     return hi, int(count.item())
 
 
 def _loop(
-    model: nn.Module, loader: Iterable[Any], names: list[str], num_classes: int | None,
-    backend: RelevanceBackend, target: str, acc: _Accumulator, device: torch.device,
-    where: Shard, max_batches: int | None, progress: bool, sample_offset: int,
+    model: nn.Module, stream: Iterable[tuple[Any, Tensor]], total: int | None, names: list[str],
+    num_classes: int | None, backend: RelevanceBackend, target: str, acc: _Accumulator,
+    device: torch.device, progress: bool,
 ) -> tuple[int, int | None]:  # fmt: skip
     """The per-batch work; returns the number of batches this process scanned and the classes."""
     batches = 0
     kinds = {name: layer_kind(m) for name, m in acc.modules.items()}
-    stream, total = sharded_batches(loader, where, max_batches, sample_offset)
     with (
         eval_mode(model),
         backend.session(model, copy=True) as work,
         capture(work, names, grad=True, input_fn=tap_sums_of) as cap,
     ):
-        bar = progress_bar(stream, desc="neuronsplit scan", total=total, enabled=progress)
-        for batch, index in bar:
+        for batch, index in progress_bar(
+            stream, desc="neuronsplit scan", total=total, enabled=progress
+        ):
             x, labels = split_batch(batch)
             x = x.to(device)
             cap.clear()
             with torch.enable_grad():
                 logits = work(x)
-            if not isinstance(logits, Tensor) or logits.dim() != 2:
-                raise InputShapeError(
-                    "scan needs a model that returns logits shaped (batch, classes), got "
-                    f"{getattr(logits, 'shape', type(logits).__name__)}; wrap the model so it "
-                    "returns the class logits."
-                )
-            if num_classes is None:
-                num_classes = int(logits.shape[1])
-            elif logits.shape[1] < num_classes:
-                raise InvalidTargetError(
-                    f"num_classes={num_classes} but the model outputs only {logits.shape[1]} logits"
-                )
-            if not torch.isfinite(logits).all():
-                raise NonFiniteError(f"batch {batches} produced NaN/inf logits")
+            num_classes = _check_logits(logits, num_classes)
             targets = targets_of(logits, labels, target, num_classes, batches)
             outputs = [cap.output(name) for name in names]
-            seed = F.one_hot(targets, logits.shape[1]).to(logits.dtype) * backend.output_seed(
-                logits
+            seed = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+            grads = torch.autograd.grad(
+                logits, outputs, grad_outputs=seed * backend.output_seed(logits), allow_unused=True
             )
-            grads = torch.autograd.grad(logits, outputs, grad_outputs=seed, allow_unused=True)
-            acc.allocate(num_classes)
             index = index.to(device)
+            updates, finite = [], [torch.isfinite(logits).all()]
             for name, out, grad in zip(names, outputs, grads, strict=True):
                 kind = kinds[name]
                 out = out.detach()
@@ -341,21 +297,42 @@ def _loop(
                     grad = torch.zeros_like(out)
                 elementwise = backend.relevance(out, grad)
                 rel = per_unit(elementwise, kind)
-                # one cheap check on (B, C) instead of scanning every activation: NaN/inf
-                # anywhere in the layer output or its gradient reaches the relevance
-                if not torch.isfinite(rel).all():
-                    _raise_non_finite(name, out, x, batches)
+                # NaN/inf anywhere in the layer output or its gradient reaches the (B, C)
+                # relevance: one check of it instead of scanning every activation
+                finite.append(torch.isfinite(rel).all())
                 act_max = act_pos = rel_pos = None
                 if acc.top_n:
-                    act_max, act_pos = _per_position(out, kind).max(-1)
-                    rel_pos = _per_position(elementwise, kind).argmax(-1)
-                acc.update(
-                    name,
-                    LayerBatch(targets, index, rel, cap.input(name), act_max, act_pos, rel_pos),
+                    act_max, act_pos = _position_max(out, kind)
+                    rel_pos = _position_max(elementwise, kind)[1]
+                batch_stats = LayerBatch(
+                    targets, index, rel, cap.input(name), act_max, act_pos, rel_pos
                 )
+                updates.append((name, out, batch_stats))
+            if not bool(torch.stack(finite).all()):  # one host sync per batch
+                _raise_non_finite(logits, updates, x, batches)
+            acc.allocate(num_classes)
+            for name, _, batch_stats in updates:
+                acc.update(name, batch_stats)
             acc.counts.add(targets)  # type: ignore[union-attr]
             batches += 1
     return batches, num_classes
+
+
+def _check_logits(logits: Any, num_classes: int | None) -> int:
+    """The number of classes, from the first batch's logits unless given; typed errors."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise InputShapeError(
+            "scan needs a model that returns logits shaped (batch, classes), got "
+            f"{getattr(logits, 'shape', type(logits).__name__)}; wrap the model so it "
+            "returns the class logits."
+        )
+    if num_classes is None:
+        return int(logits.shape[1])
+    if logits.shape[1] < num_classes:
+        raise InvalidTargetError(
+            f"num_classes={num_classes} but the model outputs only {logits.shape[1]} logits"
+        )
+    return num_classes
 
 
 def tap_sums_of(module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
@@ -363,14 +340,23 @@ def tap_sums_of(module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
     return tap_sums(module, x, out.shape)
 
 
-def _raise_non_finite(name: str, out: Tensor, x: Tensor, batch: int) -> None:
+def _raise_non_finite(
+    logits: Tensor, updates: list[tuple[str, Tensor, LayerBatch]], x: Tensor, batch: int
+) -> None:
     """Say precisely where NaN/inf came from (only runs on the failure path)."""
     if not torch.isfinite(x).all():
         where = "the inputs"
-    elif not torch.isfinite(out).all():
-        where = f"the activations of layer {name!r}"
+    elif not torch.isfinite(logits).all():
+        where = "the logits"
     else:
-        where = f"the gradient reaching layer {name!r}"
+        where = "an unknown place"
+        for name, out, stats in updates:
+            if not torch.isfinite(out).all():
+                where = f"the activations of layer {name!r}"
+                break
+            if not torch.isfinite(stats.relevance).all():
+                where = f"the gradient reaching layer {name!r}"
+                break
     raise NonFiniteError(
         f"NaN/inf in {where} in batch {batch}; check the inputs (normalised images?) and the "
         "model's weights (a finite checkpoint?)."

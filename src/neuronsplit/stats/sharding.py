@@ -214,6 +214,20 @@ def sync_failure(shard: Shard, failed: bool, device: torch.device) -> None:
 
     Called once by every process after its scan loop (or from its error handler), so that a
     failure on one process never leaves the others waiting in a later collective.
+
+    Parameters
+    ----------
+    shard : Shard
+        This process and its group.
+    failed : bool
+        Whether this process failed.
+    device : torch.device
+        Where the backend's collectives run.
+
+    Raises
+    ------
+    RuntimeError
+        On a healthy process when another one failed.
     """
     import torch.distributed as dist
 
@@ -226,7 +240,21 @@ def sync_failure(shard: Shard, failed: bool, device: torch.device) -> None:
 
 
 def max_over_ranks(shard: Shard, value: int, device: torch.device) -> tuple[int, int]:
-    """``(max, min)`` of an integer over all processes (``-1`` for "unknown" counts as missing)."""
+    """``(max, min)`` of an integer over all processes.
+
+    Parameters
+    ----------
+    shard : Shard
+        This process and its group.
+    value : int
+        This process's value; a negative value means "unknown" and is left out of the minimum.
+    device : torch.device
+        Where the backend's collectives run.
+
+    Returns
+    -------
+    (int, int)
+    """
     import torch.distributed as dist
 
     hi = torch.tensor([value], dtype=torch.int64, device=device)

@@ -35,6 +35,7 @@ __all__ = [
     "TapSums",
     "TopN",
     "STATISTIC_TYPES",
+    "reduce_on",
 ]
 
 
@@ -105,9 +106,10 @@ class Statistic:
         for tensor in self.tensors.values():
             dist.all_reduce(tensor, group=group)
 
-    def to(self, device: torch.device | str) -> Statistic:
-        """A copy on ``device`` (also when the tensors are there already)."""
-        tensors = {k: t.to(device, copy=True) for k, t in self.tensors.items()}
+    def to(self, device: torch.device | str, *, copy: bool = True) -> Statistic:
+        """The statistic on ``device``: a copy, or with ``copy=False`` the same tensors where
+        they are there already."""
+        tensors = {k: t.to(device, copy=copy) for k, t in self.tensors.items()}
         return type(self)(**tensors, **self.spec())
 
     def nbytes(self) -> int:
@@ -149,6 +151,7 @@ class TauCounts(Statistic):
     def __init__(self, *, counts: Tensor, taus: tuple[float, ...]) -> None:
         super().__init__(counts=counts)
         self.taus = tuple(float(t) for t in taus)
+        self._thresholds: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     @classmethod
     def zeros(
@@ -164,7 +167,10 @@ class TauCounts(Statistic):
     def update(self, batch: LayerBatch) -> None:
         rel = batch.relevance
         positive_total = rel.clamp(min=0).sum(1, keepdim=True)
-        thresholds = torch.tensor(self.taus, dtype=rel.dtype, device=rel.device).view(-1, 1, 1)
+        key = (rel.dtype, rel.device)
+        if key not in self._thresholds:  # built once, not on every batch
+            self._thresholds[key] = torch.tensor(self.taus, dtype=rel.dtype, device=rel.device)
+        thresholds = self._thresholds[key].view(-1, 1, 1)
         important = (rel.unsqueeze(0) >= thresholds * positive_total.unsqueeze(0)).to(torch.int32)
         self.counts.index_add_(1, batch.targets, important)  # all taus in one call: (T, B, C)
 
@@ -286,6 +292,15 @@ class TopN(Statistic):
         keep = self.index[unit] >= 0
         v, i, p = self.values[unit][keep], self.index[unit][keep], self.position[unit][keep]
         return (v, i, p) if k is None else (v[:k], i[:k], p[:k])
+
+
+def reduce_on(stat: Statistic, device: torch.device, group: Any = None) -> Statistic:
+    """All-reduce ``stat`` on ``device`` (where the backend's collectives run) and return it
+    where it was; no copy when it is there already (NCCL on a GPU scan, gloo on the CPU)."""
+    home = next(iter(stat.tensors.values())).device
+    moved = stat.to(device, copy=False)
+    moved.all_reduce(group)
+    return moved.to(home, copy=False)
 
 
 #: statistic classes by the name stored in scan files

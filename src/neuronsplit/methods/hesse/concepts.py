@@ -73,6 +73,20 @@ def concept_groups(
     A unit relevant to three mutually dissimilar classes gets three concepts; classes whose ARVs
     all point the same way share one.
 
+    Parameters
+    ----------
+    result : ScanResult
+        The scan the unit was found in (gives the ARVs).
+    unit : PolysemanticUnit
+        The unit; its ``classes`` are grouped.
+    gamma : float
+        Classes whose ARV cosine is not above ``gamma`` never share a concept.
+
+    Returns
+    -------
+    tuple of tuple of int
+        Sorted class sets, ordered by their smallest class.
+
     Examples
     --------
     >>> concept_groups(res, units[0])  # doctest: +SKIP

@@ -85,10 +85,7 @@ def plan_split(
         )
     if rho != "auto" and not (isinstance(rho, (int, float)) and 0.0 < float(rho) <= 1.0):
         raise ValueError(f"rho must be 'auto' or a number in (0, 1], got {rho!r}")
-    try:
-        form = normalise_form(merge, "plan")
-    except ValueError as err:
-        raise ValueError(str(err)) from None
+    form = normalise_form(merge, "plan")  # PlanError (a ValueError) names the valid forms
     if concepts is not None and len(units) > 1:
         raise ValueError("concepts=... applies to a single unit; plan units one by one")
     grid = RHO_GRID if rho == "auto" else (float(rho),)

@@ -98,7 +98,26 @@ def rho_partition(
 
 
 def hesse_masks(assignments: Tensor, k_count: int) -> Tensor:
-    """``(R, K, J)`` 0/1 masks of Hesse's subunits ``d_k``: inputs of concept ``k`` plus S0."""
+    """0/1 masks of Hesse's subunits ``d_k``: the inputs of concept ``k`` plus the shared S0.
+
+    Parameters
+    ----------
+    assignments : Tensor
+        ``(R, J)`` assignments (one per rho), ``-1`` for shared.
+    k_count : int
+        Number of concepts K.
+
+    Returns
+    -------
+    Tensor
+        ``(R, K, J)`` float64.
+
+    Examples
+    --------
+    >>> hesse_masks(torch.tensor([[0, 1, -1]]), 2)[0]
+    tensor([[1., 0., 1.],
+            [0., 1., 1.]], dtype=torch.float64)
+    """
     concept = torch.arange(k_count).view(1, -1, 1)
     a = assignments.unsqueeze(1)  # (R, 1, J)
     return ((a == concept) | (a == SHARED)).to(torch.float64)

@@ -62,6 +62,22 @@ def score_units(
 ) -> list[list[tuple[float, float]]]:
     """Official and robust score of every rho for every unit of one layer (one data pass).
 
+    Parameters
+    ----------
+    model : nn.Module
+        The scanned model (not modified; run in eval mode, the forward pass stops after
+        ``layer``).
+    loader : iterable of (inputs, labels)
+        The training data.
+    layer : str
+        The layer the units belong to.
+    items : sequence of UnitToScore
+        The units, their concepts and one candidate assignment per rho.
+    max_images : int, optional
+        At most this many images per concept and unit.
+    progress : bool
+        Show a progress bar.
+
     Returns
     -------
     list of list of (float, float)
