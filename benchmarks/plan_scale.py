@@ -34,6 +34,7 @@ from typing import Any
 
 import timm
 import torch
+from _table import Figure, print_table
 
 import neuronsplit as ns
 from neuronsplit.nn import explicit_rows
@@ -71,18 +72,18 @@ def interleaved_ratio(
     return statistics.median(ratios), statistics.median(tb), statistics.median(to)
 
 
-def row(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
-    mark = "" if ok is None else ("ok" if ok else "MISSED")
-    print(f"  {name:<44}{value:>14}   {target:<12}{mark}")
-
-
-def main() -> None:
+def run(argv: list[str] | None = None) -> list[Figure]:
+    """Measure, print the table, and return the figures (for ``run_all.py``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    figures: list[Figure] = []
+
+    def row(name: str, value: float, fmt: str = "{:.3f}", target: str = "") -> None:
+        figures.append(Figure("plan_scale", name, value, fmt, target))
 
     torch.manual_seed(args.seed)
     model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
@@ -95,16 +96,15 @@ def main() -> None:
         f"timm vit_base_patch16_224 (random init), {LAYER}: all {units} units x {inputs} inputs "
         f"split K={args.k}; CPU, {torch.get_num_threads()} threads"
     )
-    print(f"  {'figure':<44}{'measured':>14}   {'target':<12}")
 
     # build
     t_build, plan = timed(
         lambda: SplitPlan([LayerSplit(LAYER, torch.arange(units), assignment, [args.k] * units)])
     )
-    row("build (LayerSplit + SplitPlan)", f"{t_build:.3f} s", "<= 0.2 s", t_build <= 0.2)
+    row("build (LayerSplit + SplitPlan), s", t_build, "{:.3f}", "<= 0.2")
     layer_split = plan.layer(LAYER)
     t_units, _ = timed(lambda: SplitPlan(list(layer_split.unit_splits())), repeats=1)
-    row("  same plan via 768 UnitSplit objects", f"{t_units:.3f} s")
+    row("  same plan via 768 UnitSplit objects, s", t_units)
 
     # files
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,22 +113,23 @@ def main() -> None:
         size = sum(f.stat().st_size for f in Path(tmp).iterdir())
         t_load, loaded = timed(lambda: SplitPlan.load(path))
         assert loaded == plan
-    row("plan files (plan.json + plan.safetensors)", f"{size / 1e6:.2f} MB", "<= 3 MB", size <= 3e6)
-    row("  save / load", f"{t_save:.3f} / {t_load:.3f} s")
+    row("plan files (plan.json + plan.safetensors), MB", size / 1e6, "{:.2f}", "<= 3")
+    row("  save, s", t_save)
+    row("  load, s", t_load)
     json_size = len(plan.to_json())
-    row("  for comparison: inline JSON", f"{json_size / 1e6:.1f} MB")
+    row("  for comparison: inline JSON, MB", json_size / 1e6, "{:.1f}")
 
     # apply
     t_apply, split = timed(lambda: ns.apply_plan(model, plan), repeats=2)
-    row("apply_plan (whole ViT-B, deep copy incl.)", f"{t_apply:.3f} s", "<= 2 s", t_apply <= 2)
+    row("apply_plan (whole ViT-B, deep copy incl.), s", t_apply, "{:.3f}", "<= 2")
     t_copy, _ = timed(lambda: copy.deepcopy(model), repeats=2)
-    row("  of which the deep copy of the model", f"{t_copy:.3f} s")
+    row("  of which the deep copy of the model, s", t_copy)
 
     # Disentangle
     t_dis, _ = timed(lambda: ns.Disentangle(split))
-    row("Disentangle(split)", f"{t_dis * 1e3:.1f} ms", "<= 0.1 s", t_dis <= 0.1)
+    row("Disentangle(split), s", t_dis, "{:.4f}", "<= 0.1")
     t_dis_plan, _ = timed(lambda: ns.Disentangle(split, plan))
-    row("Disentangle(split, plan)", f"{t_dis_plan * 1e3:.1f} ms", "<= 0.1 s", t_dis_plan <= 0.1)
+    row("Disentangle(split, plan), s", t_dis_plan, "{:.4f}", "<= 0.1")
 
     # latency
     x = torch.randn(args.batch, 3, 224, 224, generator=gen)
@@ -152,18 +153,16 @@ def main() -> None:
                 return split_layer(tokens)
 
         layer_ratio, _, _ = interleaved_ratio(lambda: layer(tokens), layer_rows, args.rounds * 3)
-    row(
-        f"forward latency split/original (batch {args.batch})",
-        f"{ratio:.3f}",
-        "<= 1.15",
-        ratio <= 1.15,
-    )
-    row("  original / split median", f"{t0:.3f} / {t1:.3f} s")
-    row("  split output == original output (bitwise)", str(bool(torch.equal(y0, y1))))
-    row("  with the rows computed (hooks, gradients)", f"{rows_ratio:.3f}")
-    row("  the split layer alone, rows (not a target)", f"{layer_ratio:.2f}")
-    row("  rows: max|delta logit| / max|logit| (fp32)", f"{rel:.1e}")
+    row(f"ViT-B forward split/original, inference (batch {args.batch})", ratio, "{:.3f}", "<= 1.15")
+    row("  original, s", t0)
+    row("  split, s", t1)
+    row("  split output == original output (1 = bitwise)", float(torch.equal(y0, y1)), "{:.0f}")
+    row("  with the rows computed (hooks, gradients)", rows_ratio)
+    row("  the split layer alone, rows (not a target)", layer_ratio, "{:.2f}")
+    row("  rows: max|delta logit| / max|logit| (fp32)", rel, "{:.1e}")
+    print_table(figures)
+    return figures
 
 
 if __name__ == "__main__":
-    main()
+    run()

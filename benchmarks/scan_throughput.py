@@ -17,6 +17,7 @@ import time
 
 import timm
 import torch
+from _table import Figure, print_table
 
 import neuronsplit as ns
 
@@ -33,7 +34,8 @@ def bare_loop(model: torch.nn.Module, layer: torch.nn.Module, batches: list) -> 
         handle.remove()
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> list[Figure]:
+    """Measure, print, and return the figures (for ``run_all.py``)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -44,7 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--classes", type=int, default=1000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False, num_classes=args.classes).eval()
@@ -79,15 +81,23 @@ def main() -> None:
         f"model {args.model}, layer {args.layer}, batch {args.batch} x {args.batches}, "
         f"{args.size}px, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats"
     )
-    print(f"  bare forward + grad-to-layer : {bare_ips:8.2f} images/s (median)")
-    print(f"  ns.scan                      : {scan_ips:8.2f} images/s (median)")
-    print(f"  ratio scan / bare            : {scan_ips / bare_ips:8.3f}   (target >= 0.95)")
+    name = "scan_throughput"
+    figures = [
+        Figure(name, f"ns.scan / bare forward+backward ({args.model})", scan_ips / bare_ips,
+               target=">= 0.95"),
+        Figure(name, "  bare forward + grad-to-layer, images/s", bare_ips, "{:.2f}"),
+        Figure(name, "  ns.scan, images/s", scan_ips, "{:.2f}"),
+        Figure(name, f"  statistics for {result.num_classes} classes, MiB",
+               result.memory_bytes() / 2**20, "{:.1f}"),
+    ]  # fmt: skip
+    print_table(figures)
     print(
-        f"statistics for {result.num_classes} classes, {stats.num_units} units, "
-        f"{stats.num_inputs} inputs x {stats.weight.shape[2]} taps, tau grid {len(result.tau_grid)}: "
-        f"{result.memory_bytes() / 2**20:.1f} MiB (independent of the number of images)"
+        f"statistics: {stats.num_units} units, {stats.num_inputs} inputs x "
+        f"{stats.weight.shape[2]} taps, tau grid {len(result.tau_grid)}, top-N reservoirs; "
+        "their size does not depend on the number of images"
     )
+    return figures
 
 
 if __name__ == "__main__":
-    main()
+    run()

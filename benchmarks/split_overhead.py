@@ -33,6 +33,7 @@ import time
 
 import timm
 import torch
+from _table import Figure
 from torch import nn
 
 from neuronsplit.nn import apply_plan, iter_split_layers
@@ -87,7 +88,8 @@ def hesse_model(split_model: nn.Module) -> nn.Module:
     return model
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> list[Figure]:
+    """Measure, print, and return the figures (for ``run_all.py``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
@@ -96,7 +98,7 @@ def main() -> None:
     )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per model (>= 1)")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
     orig = timm.create_model("resnet50", pretrained=False).eval()
@@ -153,6 +155,14 @@ def main() -> None:
         ratio = statistics.median(ratios[name])
         print(f"{name:<44}{med:>10.4f}{ratio:>8.3f}{max_rel[name]:>15.2e}")
     print("ratio = median over rounds of (time of model / time of original in the same round)")
+    figures = []
+    for name in names[1:]:
+        target = "<= 1.02" if name.startswith("neuronsplit") and "unobserved" not in name else ""
+        figures.append(
+            Figure("split_overhead", f"resnet50 {name}", statistics.median(ratios[name]),
+                   target=target)
+        )  # fmt: skip
+    return figures
 
 
 def _randomize_bn(model: nn.Module, seed: int) -> None:
@@ -166,4 +176,4 @@ def _randomize_bn(model: nn.Module, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()

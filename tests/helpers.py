@@ -28,7 +28,11 @@ GLOBAL_HOOKS = (
     "_global_forward_pre_hooks",
     "_global_backward_hooks",
     "_global_backward_pre_hooks",
+    "_global_module_registration_hooks",
+    "_global_parameter_registration_hooks",
+    "_global_buffer_registration_hooks",
 )
+_SIMPLE = (bool, int, float, str, type(None))
 
 
 def hook_counts(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -41,27 +45,59 @@ def hook_counts(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return counts
 
 
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    """Everything a public call must leave unchanged on a user's model."""
+def global_state() -> dict[str, Any]:
+    """Process-wide torch state a public call must restore: grad mode, inference mode and the
+    default dtype."""
     return {
-        "params": {k: (p.detach().clone(), p.requires_grad) for k, p in model.named_parameters()},
+        "grad_enabled": torch.is_grad_enabled(),
+        "inference_mode": torch.is_inference_mode_enabled(),
+        "default_dtype": torch.get_default_dtype(),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A comparable summary of a module attribute: simple values as they are, containers by
+    type and length (a steering stack left open shows up), anything else by type."""
+    if isinstance(value, _SIMPLE):
+        return value
+    if isinstance(value, (list, tuple, dict, set)):
+        return (type(value).__name__, len(value))
+    return type(value).__name__
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything a public call must leave unchanged on a user's model, and the global state."""
+    return {
+        "params": {
+            k: (p.detach().clone(), p.requires_grad, p.grad) for k, p in model.named_parameters()
+        },
         "param_ids": {k: id(p) for k, p in model.named_parameters()},
         "buffers": {k: b.detach().clone() for k, b in model.named_buffers()},
         "modules": {k: (type(m), m.training) for k, m in model.named_modules()},
+        "attributes": {
+            k: {a: _plain(v) for a, v in vars(m).items() if a != "training"}
+            for k, m in model.named_modules()
+        },
+        "forwards": {k: m.forward for k, m in model.named_modules()},
         "hooks": hook_counts(model),
+        "global": global_state(),
     }
 
 
 def assert_unchanged(model: nn.Module, snap: dict[str, Any]) -> None:
     now = snapshot(model)
+    assert now["global"] == snap["global"], "grad mode, inference mode or default dtype changed"
     assert now["modules"] == snap["modules"], "module types or training flags changed"
     assert now["hooks"] == snap["hooks"], "hooks were added or removed"
+    assert now["forwards"] == snap["forwards"], "a forward method was replaced"
+    assert now["attributes"] == snap["attributes"], "module attributes changed"
     assert now["param_ids"] == snap["param_ids"], "parameter objects were replaced"
     assert now["params"].keys() == snap["params"].keys()
-    for k, (p, rg) in snap["params"].items():
-        q, rg2 = now["params"][k]
+    for k, (p, rg, grad) in snap["params"].items():
+        q, rg2, grad2 = now["params"][k]
         assert rg == rg2, f"requires_grad of {k} changed"
         assert torch.equal(p, q), f"parameter {k} changed"
+        assert grad2 is grad, f".grad of {k} changed"
     assert now["buffers"].keys() == snap["buffers"].keys()
     for k, b in snap["buffers"].items():
         assert torch.equal(b, now["buffers"][k]), f"buffer {k} changed"

@@ -181,3 +181,30 @@ def test_submodule_imports_do_not_shadow_public_functions() -> None:
 def test_cli_without_command_fails_with_usage() -> None:
     proc = subprocess.run([sys.executable, "-m", "neuronsplit.cli"], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_without_the_insights_extra_the_error_names_the_pip_command() -> None:
+    """On the core line (captum >= 0.9 or no Flask) Insights is refused with the fix."""
+    import importlib.util
+
+    import pytest
+
+    from neuronsplit.errors import MissingExtraError
+    from neuronsplit.insights import require_insights
+
+    try:
+        has_insights = importlib.util.find_spec("captum.insights") is not None
+        if has_insights:
+            import captum.insights.attr_vis.server  # noqa: F401 - Flask is part of the extra
+    except ImportError:
+        has_insights = False
+    if has_insights:
+        pytest.skip("the insights extra is installed; tests/insights covers this line")
+    with pytest.raises(MissingExtraError, match=r'pip install "neuronsplit\[insights\]"'):
+        require_insights()
+    proc = subprocess.run(
+        [sys.executable, "-m", "neuronsplit.cli", "insights", "--dry-run"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "neuronsplit[insights]" in proc.stderr

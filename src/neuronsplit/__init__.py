@@ -72,6 +72,11 @@ _EXPORTS: dict[str, str] = {
     "UnknownSubunitError": "errors",
     "InputShapeError": "errors",
     "MissingExtraError": "errors",
+    "InvalidArgumentError": "errors",
+    "ArgumentTypeError": "errors",
+    "MissingFileError": "errors",
+    "DistributedError": "errors",
+    "MetaTensorError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

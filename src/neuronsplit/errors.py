@@ -21,6 +21,11 @@ __all__ = [
     "UnknownSubunitError",
     "InputShapeError",
     "MissingExtraError",
+    "InvalidArgumentError",
+    "ArgumentTypeError",
+    "MissingFileError",
+    "DistributedError",
+    "MetaTensorError",
 ]
 
 
@@ -78,3 +83,24 @@ class InputShapeError(NeuronSplitError, ValueError):
 
 class MissingExtraError(NeuronSplitError, ImportError):
     """An optional dependency is missing; the message names the pip extra to install."""
+
+
+class InvalidArgumentError(NeuronSplitError, ValueError):
+    """An argument outside its valid range or set of choices; the message names the fix."""
+
+
+class ArgumentTypeError(NeuronSplitError, TypeError):
+    """An argument of the wrong type (a string where a model is needed, ...)."""
+
+
+class MissingFileError(NeuronSplitError, FileNotFoundError):
+    """A file or folder that does not exist where one was named."""
+
+
+class DistributedError(NeuronSplitError, RuntimeError):
+    """A problem of a distributed run: no process group, or another process failed."""
+
+
+class MetaTensorError(NeuronSplitError, ValueError):
+    """A model or input on the ``meta`` device where values are needed (meta tensors have
+    shapes only: plan and apply on meta, then load the weights before running)."""

@@ -13,6 +13,9 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ._checks import check_bool, check_int, check_module
+from .errors import ArgumentTypeError, MissingFileError
+
 __all__ = ["load_timm_model", "image_folder_loader"]
 
 
@@ -46,8 +49,8 @@ def load_timm_model(
 
     Raises
     ------
-    FileNotFoundError
-        If ``weights`` does not exist.
+    MissingFileError
+        If ``weights`` does not exist (a ``FileNotFoundError``).
 
     Examples
     --------
@@ -57,10 +60,13 @@ def load_timm_model(
     """
     import timm
 
+    if not isinstance(name, str) or not name:
+        raise ArgumentTypeError(f"name must be a timm model name like 'resnet50', got {name!r}")
+    check_bool(pretrained, "pretrained")
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"weight file {str(path)!r} does not exist; give the path of a .safetensors or "
                 ".pth checkpoint, or use pretrained=True to download the hub weights"
             )
@@ -106,8 +112,8 @@ def image_folder_loader(
 
     Raises
     ------
-    FileNotFoundError
-        If ``root`` is not a directory.
+    MissingFileError
+        If ``root`` is not a directory (a ``FileNotFoundError``).
 
     Examples
     --------
@@ -116,9 +122,14 @@ def image_folder_loader(
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import ToTensor
 
+    check_int(batch_size, "batch_size", low=1)
+    check_int(num_workers, "num_workers", low=0)
+    check_bool(shuffle, "shuffle")
+    if model is not None:
+        check_module(model, "model")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"image folder {str(root)!r} does not exist; it must hold one sub-folder per class"
         )
     if transform is None and model is not None:

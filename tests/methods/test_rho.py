@@ -154,7 +154,7 @@ def test_plan_split_needs_data_for_auto_rho() -> None:
     unit = ns.find_polysemantic(res, "fc")[0]
     with pytest.raises(ValueError, match="rho='auto'"):
         ns.plan_split(unit, res)
-    with pytest.raises(ValueError, match="rho must be"):
+    with pytest.raises(ns.InvalidArgumentError, match=r"rho .* must be in \(0, 1\], got 0.0"):
         ns.plan_split(unit, res, rho=0.0)
     fixed = ns.plan_split(unit, res, rho=0.5)
     assert fixed.meta["units"][0]["rho"] == 0.5

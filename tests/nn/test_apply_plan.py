@@ -107,7 +107,7 @@ def test_apply_plan_never_mutates_the_input() -> None:
 def test_apply_plan_type_errors() -> None:
     with pytest.raises(TypeError, match="plan must be a SplitPlan, got list"):
         apply_plan(_Net(), list(_plan()))  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         apply_plan("model", _plan())  # type: ignore[arg-type]
 
 

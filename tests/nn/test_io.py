@@ -104,7 +104,9 @@ def test_plan_json_contents(tmp_path) -> None:
     assert data["layers"][0]["labels"] == {"4": ["a", "b"]}
     # the weights file records the hash of plan.json, which records that of plan.safetensors
     with safe_open(str(tmp_path / WEIGHTS_FILE), framework="pt") as f:
-        assert f.metadata()["plan_sha256"] == _sha(tmp_path / PLAN_FILE)
+        header = json.loads(f.metadata()["neuronsplit"])
+    assert header["plan_sha256"] == _sha(tmp_path / PLAN_FILE)
+    assert (header["format"], header["version"]) == ("neuronsplit.weights", 1)
     assert data["assignments"]["sha256"] == _sha(tmp_path / TENSOR_FILE)
     # the weights file holds the full split state dict
     tensors = load_file(str(tmp_path / WEIGHTS_FILE))

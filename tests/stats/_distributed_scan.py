@@ -2,7 +2,9 @@
 
 Every process joins one gloo process group and runs each case of :data:`CASES` in turn, then the
 two failure cases; it writes its results to ``<outdir>/<case>.rank<r>.safetensors`` and the
-errors it caught to ``<outdir>/<case>.rank<r>.txt``. The test imports this file for the model and
+errors it caught to ``<outdir>/<case>.rank<r>.txt``. From its (all-reduced) scan of
+:data:`PLAN_CASE` each process then plans (:func:`plan_from`: rho="auto" on the full loader)
+and saves the plan to ``<outdir>/plan.rank<r>/plan.json``. The test imports this file for the model and
 the data, so both sides scan exactly the same thing.
 
 Usage: ``torchrun --nproc_per_node 2 _distributed_scan.py OUTDIR``
@@ -34,6 +36,10 @@ CASES: dict[str, tuple[int, list[str], int | None, str, dict[str, Any]]] = {
     "shuffled": (23, ["conv2", "fc"], NUM_CLASSES, "shuffle", {}),
     "drop_last": (23, ["fc"], NUM_CLASSES, "drop_last", {}),  # one process scans 20 samples
 }
+
+#: the scan case every process plans from; the plan files must equal a 1-process run's, byte
+#: for byte
+PLAN_CASE = "uneven"
 
 
 class SmallCNN(nn.Module):
@@ -86,6 +92,15 @@ def run_case(name: str, *, reference: bool = False, **overrides: Any) -> Any:
     return ns.scan(build_model(), build_loader(n, kind), top_n=TOP_N, progress=False, **args)
 
 
+def plan_from(result: Any, path: Path) -> None:
+    """find_polysemantic -> plan_split (rho="auto", scored on the whole loader) -> save."""
+    import neuronsplit as ns
+
+    units = ns.find_polysemantic(result, p=0.5, gamma=0.9)
+    loader = build_loader(CASES[PLAN_CASE][0], "map")
+    ns.plan_split(units, result, loader, model=build_model()).save(path)
+
+
 def _report(path: Path, action: Any) -> None:
     try:
         action()
@@ -103,9 +118,12 @@ def main(outdir: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     try:
+        results = {}
         for name in CASES:
             torch.manual_seed(100 + rank)
-            run_case(name).save(outdir / f"{name}.rank{rank}.safetensors")
+            results[name] = run_case(name)
+            results[name].save(outdir / f"{name}.rank{rank}.safetensors")
+        plan_from(results[PLAN_CASE], outdir / f"plan.rank{rank}" / "plan.json")
         _report(  # every process must raise, none may wait forever
             outdir / f"different_layers.rank{rank}.txt",
             lambda: run_case("uneven", layers=["conv1"] if rank == 0 else ["conv2"]),

@@ -165,5 +165,33 @@ def test_a_failure_on_one_rank_stops_the_others(outdir: Path) -> None:
     assert waiting.startswith("RuntimeError: ") and "another process" in waiting
 
 
+def test_plans_are_byte_identical_across_ranks_and_one_process(
+    outdir: Path, script: ModuleType, tmp_path: Path
+) -> None:
+    """Each process scanned its shard; the plan built from the reduced scan (rho scored on the
+    full loader) is the 1-process plan, byte for byte. The 1-process run uses one thread, as
+    each torchrun process does, so the number of processes is the only difference."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        script.plan_from(script.run_case(script.PLAN_CASE, reference=True), tmp_path / "plan.json")
+    finally:
+        torch.set_num_threads(threads)
+    assert ns.SplitPlan.load(tmp_path / "plan.json").meta["units"], "nothing was planned"
+    for rank in range(WORLD):
+        for name in ("plan.json", "plan.safetensors"):
+            got = (outdir / f"plan.rank{rank}" / name).read_bytes()
+            assert got == (tmp_path / name).read_bytes(), (rank, name)
+
+
+def test_images_without_positive_relevance_are_counted_over_processes(
+    outdir: Path, script: ModuleType
+) -> None:
+    reference = script.run_case("uneven", reference=True)
+    assert reference.no_positive_relevance("fc").sum() > 0  # negative target logits
+    for res in _load_ranks(outdir, "uneven"):
+        assert torch.equal(res.no_positive_relevance("fc"), reference.no_positive_relevance("fc"))
+
+
 def test_launch_time_is_modest(outdir: Path) -> None:
     assert float((outdir / "elapsed.txt").read_text()) < 90

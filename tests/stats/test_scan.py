@@ -422,6 +422,7 @@ def test_memory_does_not_grow_with_number_of_images() -> None:
     expected += 12 * 128 * 8 + t * n * 12 * 4 + n * 12 * 8 + n * 128 * 8
     # plus per unit two reservoirs of 32 samples (value, index, position: 8 bytes each)
     expected += 2 * (8 + 12) * 32 * 24
+    expected += 2 * n * 8  # per layer: images without positive relevance, per class
     assert five.memory_bytes() == expected
 
 

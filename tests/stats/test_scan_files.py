@@ -20,6 +20,7 @@ from torch import nn
 import neuronsplit as ns
 from neuronsplit.errors import CorruptFileError
 from neuronsplit.stats import TopN
+from neuronsplit.stats.files import SCAN_VERSION
 
 DT = torch.float64
 N_CLASSES = 3
@@ -187,8 +188,35 @@ def test_version_1_file_asks_to_scan_again(saved: Path) -> None:
 
 
 def test_future_version_is_refused_naming_the_version(saved: Path) -> None:
-    _rewrite(saved, lambda h, t: h.update(version=3), declare=False)
-    with pytest.raises(CorruptFileError, match=r"version 3"):
+    future = SCAN_VERSION + 1
+    _rewrite(saved, lambda h, t: h.update(version=future), declare=False)
+    with pytest.raises(CorruptFileError, match=rf"version {future}") as info:
+        ns.ScanResult.load(saved)
+    assert str(saved) in str(info.value)
+
+
+def _as_version_2(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """What neuronsplit wrote before images without positive relevance were counted apart."""
+    header["version"] = 2
+    for entry in header["layers"]:
+        del entry["statistics"]["no_positive"]
+        del tensors[f"{entry['name']}/no_positive/counts"]
+
+
+def test_version_2_file_without_the_no_positive_counts_asks_to_scan_again(saved: Path) -> None:
+    _rewrite(saved, _as_version_2, declare=True)
+    with pytest.raises(CorruptFileError, match=r"version 2.*scan again") as info:
+        ns.ScanResult.load(saved)
+    assert str(saved) in str(info.value)
+
+
+def test_current_version_without_the_no_positive_counts_is_refused(saved: Path) -> None:
+    def drop(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        _as_version_2(header, tensors)
+        header["version"] = SCAN_VERSION
+
+    _rewrite(saved, drop, declare=True)
+    with pytest.raises(CorruptFileError, match=r"conv/no_positive must be a NoPositiveCounts"):
         ns.ScanResult.load(saved)
 
 
@@ -255,6 +283,16 @@ def _unknown_kind(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> N
     header["layers"][0]["kind"] = "conv2e"
 
 
+def _no_positive_exceeds_class_counts(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> None:
+    tensors["fc/no_positive/counts"] = tensors["class_counts/counts"] + 1
+
+
+def _no_positive_per_unit(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    tensors["fc/no_positive/counts"] = torch.zeros(N_CLASSES, 3, dtype=torch.int64)
+
+
 @pytest.mark.parametrize(
     "edit",
     [
@@ -262,6 +300,8 @@ def _unknown_kind(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> N
         pytest.param(_core_statistic_missing, id="core_statistic_missing"),
         pytest.param(_layer_taus_differ, id="statistic_taus_differ_from_tau_grid"),
         pytest.param(_unknown_kind, id="unknown_layer_kind"),
+        pytest.param(_no_positive_exceeds_class_counts, id="no_positive_exceeds_class_counts"),
+        pytest.param(_no_positive_per_unit, id="no_positive_has_the_wrong_shape"),
     ],
 )
 def test_inconsistent_but_well_formed_files_are_refused(

@@ -19,7 +19,7 @@ from neuronsplit.stats import (
     TauCounts,
     TopN,
 )
-from neuronsplit.stats.statistics import STATISTIC_TYPES
+from neuronsplit.stats.statistics import STATISTIC_TYPES, NoPositiveCounts
 
 N_SAMPLES, UNITS, CLASSES, INPUTS, TAPS = 37, 4, 3, 5, 2
 TAUS = (0.05, 0.2, 0.5)
@@ -175,6 +175,8 @@ def _direct_tau_counts(data: dict[str, Tensor]) -> Tensor:
     for b in range(N_SAMPLES):
         rel = data["relevance"][b].double()
         total = float(rel.clamp(min=0).sum())
+        if total == 0:  # no positive relevance: important for no unit
+            continue
         for t, tau in enumerate(TAUS):
             for c in range(UNITS):
                 if float(rel[c]) >= tau * total:
@@ -187,8 +189,10 @@ def _direct(data: dict[str, Tensor]) -> dict[str, Statistic]:
     class_sums = torch.zeros(CLASSES, UNITS, dtype=torch.float64)
     tap_sums = torch.zeros(CLASSES, INPUTS, TAPS, dtype=torch.float64)
     class_counts = torch.zeros(CLASSES, dtype=torch.int64)
+    no_positive = torch.zeros(CLASSES, dtype=torch.int64)
     for b in range(N_SAMPLES):
         t = int(targets[b])
+        no_positive[t] += int(bool((data["relevance"][b] <= 0).all()))
         class_sums[t] += data["relevance"][b].double()
         tap_sums[t] += data["taps"][b]
         class_counts[t] += 1
@@ -197,6 +201,7 @@ def _direct(data: dict[str, Tensor]) -> dict[str, Statistic]:
         "tau": TauCounts(counts=_direct_tau_counts(data), taus=TAUS),
         "class_sums": ClassSums(sums=class_sums),
         "tap_sums": TapSums(sums=tap_sums),
+        "no_positive": NoPositiveCounts(counts=no_positive),
     }
 
 
@@ -206,6 +211,7 @@ def _empty() -> dict[str, Statistic]:
         "tau": TauCounts.zeros(TAUS, CLASSES, UNITS),
         "class_sums": ClassSums.zeros(CLASSES, UNITS),
         "tap_sums": TapSums.zeros(CLASSES, INPUTS, TAPS),
+        "no_positive": NoPositiveCounts.zeros(CLASSES),
     }
 
 
@@ -213,6 +219,8 @@ def _empty() -> dict[str, Statistic]:
 def test_summed_statistics_update_and_merge_equal_a_direct_computation(ties: bool) -> None:
     data = _data(4, ties=ties)
     data["relevance"][0] = torch.tensor([1.0, 0.0, -1.0, 0.0])  # on the threshold at tau * 1
+    data["relevance"][1] = 0.0  # a dead layer: no positive relevance, important for no unit
+    data["relevance"][2] = torch.tensor([-1.0, -2.0, 0.0, -0.5])  # none positive either
     expected = _direct(data)
     whole, first, second = _empty(), _empty(), _empty()
     for key in expected:
@@ -247,6 +255,31 @@ def test_tau_counts_compare_against_the_positive_total() -> None:
     assert torch.equal(stat.counts, torch.tensor([[[1, 1, 0]], [[0, 1, 0]]], dtype=torch.int32))
 
 
+@pytest.mark.parametrize(
+    "relevance",
+    [
+        pytest.param([0.0, 0.0, 0.0], id="all_zero"),
+        pytest.param([-1.0, 0.0, -3.0], id="none_positive"),
+        pytest.param([-0.0, -1e-30, 0.0], id="negative_zero_and_tiny_negative"),
+    ],
+)
+def test_images_without_positive_relevance_are_important_for_no_unit(
+    relevance: list[float],
+) -> None:
+    # the official rule R_c >= tau * 0 would mark every unit with R_c = 0 as important
+    taus = (0.01, 0.5)
+    tau_counts, none = TauCounts.zeros(taus, 2, 3), NoPositiveCounts.zeros(2)
+    rel = torch.tensor([relevance, [1.0, 0.0, 0.0], relevance])
+    batch = LayerBatch(torch.tensor([1, 1, 0]), torch.arange(3), rel, torch.zeros(3, 1, 1))
+    for stat in (tau_counts, none):
+        stat.update(batch)
+    want = torch.zeros(2, 2, 3, dtype=torch.int32)
+    want[:, 1, 0] = 1  # only the image with positive relevance counts, for unit 0
+    assert torch.equal(tau_counts.counts, want)
+    assert torch.equal(none.counts, torch.tensor([1, 1]))
+    assert none.counts.dtype == torch.int64 and none.nbytes() == 2 * 8
+
+
 # --------------------------------------------------------------------------- Statistic API
 
 
@@ -275,15 +308,18 @@ def test_to_makes_an_equal_copy() -> None:
         pytest.param(1, id="TauCounts"),
         pytest.param(2, id="ClassSums"),
         pytest.param(3, id="TapSums"),
-        pytest.param(4, id="TopN_activation"),
-        pytest.param(5, id="TopN_relevance"),
+        pytest.param(4, id="NoPositiveCounts"),
+        pytest.param(5, id="TopN_activation"),
+        pytest.param(6, id="TopN_relevance"),
     ],
 )
 def test_to_copy_is_independent_of_the_original(which: int) -> None:
     stat = _examples()[which]
     before = {k: t.clone() for k, t in stat.tensors.items()}
     copy = stat.to("cpu")
-    copy.update(_batch(_data(6), slice(0, 12)))
+    data = _data(6)
+    data["relevance"][0] = 0.0  # something for NoPositiveCounts to count
+    copy.update(_batch(data, slice(0, 12)))
     assert not copy.equal(stat)
     assert all(torch.equal(stat.tensors[k], t) for k, t in before.items())
 
@@ -334,4 +370,11 @@ def test_missing_tensors_and_attributes_are_refused() -> None:
         TapSums(total=torch.zeros(1, 1, 1))
     with pytest.raises(AttributeError, match="nothing"):
         ClassSums.zeros(1, 1).nothing  # noqa: B018
-    assert set(STATISTIC_TYPES) == {"ClassCounts", "TauCounts", "ClassSums", "TapSums", "TopN"}
+    assert set(STATISTIC_TYPES) == {
+        "ClassCounts",
+        "TauCounts",
+        "NoPositiveCounts",
+        "ClassSums",
+        "TapSums",
+        "TopN",
+    }

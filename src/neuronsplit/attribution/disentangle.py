@@ -124,6 +124,9 @@ class Disentangle(GradientAttribution):
     model : nn.Module
         A split model (from :func:`neuronsplit.apply_plan`), used as is, or an unsplit model
         together with ``plan`` (then a split deep copy is made; ``model`` is untouched).
+        Attributions are computed in eval mode, as the scan's relevances are (BatchNorm uses
+        its running statistics and never updates them, dropout is off); every module's
+        training flag is restored after each call.
     plan : SplitPlan, optional
         The plan to apply to an unsplit ``model``.
     relevance : "grad_x_act" or zennit Composite or RelevanceBackend, default "grad_x_act"

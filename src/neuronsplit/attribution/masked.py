@@ -1,6 +1,8 @@
 """The computation behind :class:`~neuronsplit.Disentangle`: one masked backward per subunit.
 
-One call runs, inside the relevance backend's session on the split model:
+One call runs with the split model in eval mode (as :func:`neuronsplit.scan` does: BatchNorm
+uses and keeps its running statistics, dropout is off; every module's training flag is restored
+afterwards), inside the relevance backend's session on the split model:
 
 1. a forward pass with :func:`neuronsplit.capture.capture` on the split layer's ``.subunits``
    output ``A`` (every row) and on its merged output ``z``;
@@ -10,7 +12,9 @@ One call runs, inside the relevance backend's session on the split model:
    form) and merge coefficient; the backend turns the input gradient into relevance.
 
 Relevance of a subunit at the layer: ``coef * sum_rows w * R(A_row)``, summed over positions,
-with ``R`` the backend's elementwise relevance (``A * grad`` or Zennit's modified gradient).
+with ``R`` the backend's elementwise relevance (``A * grad`` or Zennit's modified gradient); in
+float32 for half-precision models (as the scan's relevance), the attributions in the inputs'
+dtype.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..capture import capture
+from ..capture import capture, eval_mode
 from ..errors import InputShapeError
 from ..nn import SplitConv2d, SplitLinear
 from ..relevance import RelevanceBackend
@@ -67,6 +71,11 @@ def forward_checked(model: nn.Module, xs: tuple[Tensor, ...], args: tuple[Any, .
                 f"inputs of shape {shapes} do not fit {type(model).__name__}: {err}"
             ) from err
         raise
+
+
+def _wide(relevance: Tensor) -> Tensor:
+    """Half-precision relevance in float32: its sums over a large map overflow float16."""
+    return relevance.float() if relevance.dtype in (torch.float16, torch.bfloat16) else relevance
 
 
 def _seed(grad: Tensor, dim: int, subunit: Subunit) -> Tensor:
@@ -116,6 +125,7 @@ def masked_backward(
     dim = split.merge.dim
     layers = {"rows": split.subunits, "merged": split}
     with (
+        eval_mode(model),  # attributions explain the model in eval mode (BatchNorm stats fixed)
         torch.enable_grad(),
         backend.session(model) as work,
         capture(work, layers, grad=True) as cap,
@@ -131,14 +141,14 @@ def masked_backward(
         )  # fmt: skip
         g_inter = torch.zeros_like(inter) if g_inter is None else g_inter
         g_out = torch.zeros_like(out) if g_out is None else g_out
-        rel_inter = backend.relevance(inter.detach(), g_inter)
+        rel_inter = _wide(backend.relevance(inter.detach(), g_inter))
         relevance = torch.stack(
             [s.coef * sum(w * channel_sum(rel_inter, dim, r) for r, w in s.rows) for s in subunits],
             1,
         )
         unit_relevance = None
         if unit is not None:
-            unit_relevance = channel_sum(backend.relevance(out.detach(), g_out), dim, unit)
+            unit_relevance = channel_sum(_wide(backend.relevance(out.detach(), g_out)), dim, unit)
 
         def to_inputs(tensor: Tensor, seed: Tensor) -> tuple[Tensor, ...]:
             grads = torch.autograd.grad(tensor, xs, seed, retain_graph=True, allow_unused=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..errors import InvalidArgumentError
 from ..nn import SplitConv2d
 from .refs import SubunitLike, subunit_rows
 
@@ -144,23 +145,27 @@ def subunit_selector(
     channel = rows[0][0]
     if len(rows) > 1:  # overlap subunit: t_k + r
         if token is not None:
-            raise ValueError("token= selects one row; overlap subunits are a sum of two rows")
+            raise InvalidArgumentError(
+                "token= selects one row; overlap subunits are a sum of two rows"
+            )
         return ChannelSumSelector(rows, layer.merge.dim)
     if isinstance(layer, SplitConv2d):
         if ndim not in (None, 4) or token is not None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"a Conv2d subunit layer has 4-D outputs (B, C, H, W); got ndim={ndim!r}, "
                 f"token={token!r}. Use a tuple (channel, i, j) for one position."
             )
         return (channel, slice(None), slice(None))
     if ndim is None or ndim == 2:
         if token is not None:
-            raise ValueError(f"token={token!r} needs a token output; pass ndim=3")
+            raise InvalidArgumentError(f"token={token!r} needs a token output; pass ndim=3")
         return channel
     if ndim < 2:
-        raise ValueError(f"ndim must be >= 2 (batch and features), got {ndim}")
+        raise InvalidArgumentError(f"ndim must be >= 2 (batch and features), got {ndim}")
     if token is None:
         return TokenSumSelector(channel)
     if ndim != 3:
-        raise ValueError(f"token= selects from (B, T, C) outputs (ndim=3); got ndim={ndim}")
+        raise InvalidArgumentError(
+            f"token= selects from (B, T, C) outputs (ndim=3); got ndim={ndim}"
+        )
     return (operator.index(token), channel)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["DigitsData", "load_digits", "digits_loader", "DIGIT_CLASSES"]
 
 DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -52,7 +54,7 @@ def load_digits(split: str = "train") -> DigitsData:
     from sklearn.datasets import load_digits as _sk_load_digits
 
     if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        raise InvalidArgumentError(f"split must be 'train', 'test' or 'all', got {split!r}")
     bunch = _sk_load_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))

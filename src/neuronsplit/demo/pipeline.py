@@ -94,6 +94,7 @@ def run_demo(
     report = verify_equivalence(model, split, test.images)
     with torch.no_grad(), explicit_rows(split):  # the subunit rows, not the rebuilt original
         delta = float((model(test.images) - split(test.images)).abs().max())
+    no_positive = result.no_positive_relevance(DEMO_LAYER)
     by_unit = {(info["layer"], info["unit"]): info for info in plan.meta["units"]}
     splits_by_unit = {(s.layer, s.unit): s for s in plan.splits}
     rows = []
@@ -126,7 +127,13 @@ def run_demo(
         "layer": DEMO_LAYER,
         "test_accuracy": accuracy,
         "params": {"tau": tau, "p": p, "gamma": gamma, "relevance": result.relevance, "top": top},
-        "scan": {"images": result.num_samples, "classes": result.num_classes},
+        "scan": {
+            "images": result.num_samples,
+            "classes": result.num_classes,
+            # important for no unit (see docs/design.md, "Images without positive relevance")
+            "no_positive_relevance": int(no_positive.sum()),
+            "no_positive_by_class": no_positive.tolist(),
+        },
         "test_images": len(test),
         "units": rows,
         "equivalence": {
@@ -148,6 +155,9 @@ def format_table(summary: dict[str, Any]) -> str:
         f"DigitsNet layer {summary['layer']}: test accuracy {summary['test_accuracy']:.3f}, "
         f"{len(summary['units'])} gamma-polysemantic units "
         f"(tau={summary['params']['tau']}, p={summary['params']['p']}, gamma={summary['params']['gamma']})",
+        f"scan: {summary['scan']['images']} training images, "
+        f"{summary['scan'].get('no_positive_relevance', 0)} of them with no positive relevance "
+        f"at {summary['layer']} (important for no unit)",
         "",
         f"{'unit':>4}  {'class pair':>10}  {'cosine':>7}  {'split into concepts':<24} {'rho':>5}  fractions d_k/orig per concept (r/orig)",
     ]

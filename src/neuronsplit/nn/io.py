@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._files import atomic_write, sha256_file
+from .._files import sha256_file, staged
 from ..errors import (
     CorruptFileError,
     PlanError,
@@ -25,6 +25,7 @@ from ..errors import (
     UnsupportedLayerError,
 )
 from ..plan import SplitPlan
+from ..plan.files import write_plan
 from .split_layer import SPLIT_TYPES
 from .surgery import apply_plan, plan_of
 
@@ -32,6 +33,11 @@ __all__ = ["save", "load", "WEIGHTS_FILE", "PLAN_FILE", "original_shapes", "fing
 
 WEIGHTS_FILE = "weights.safetensors"
 PLAN_FILE = "plan.json"
+PLAN_TENSORS_FILE = "plan.safetensors"
+#: the weights file's metadata: one JSON entry "neuronsplit" (safetensors writes several entries
+#: in a random order, which would make two saves of the same model differ in their bytes)
+WEIGHTS_FORMAT = "neuronsplit.weights"
+WEIGHTS_VERSION = 1
 
 
 def original_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -78,8 +84,14 @@ def save(
     CPU storage, so shared/aliased tensors are fine). The plan files hold the plan
     reconstructed from the model's split layers plus meta: the neuronsplit version, the
     original model class name and a fingerprint of the original parameter shapes. Merge
-    scales are not stored; steering in progress is therefore not saved. Existing files
-    are replaced atomically. The model is not modified.
+    scales are not stored; steering in progress is therefore not saved. The model is not
+    modified.
+
+    All three files are written to temporary files first and renamed into place only when
+    all three are complete, so a failure while writing leaves a previous save in
+    ``directory`` as it was. The files are linked by hashes (``plan.json`` records the
+    SHA-256 of ``plan.safetensors``, the weights file that of ``plan.json``), so files of two
+    saves side by side are refused by :func:`load`.
 
     Parameters
     ----------
@@ -131,9 +143,18 @@ def save(
         "original_fingerprint": fingerprint(shapes),
         "num_tensors": len(shapes),
     }
-    plan_path = plan.with_meta(full_meta).save(directory / PLAN_FILE)
-    header = {"format": "pt", "neuronsplit": __version__, "plan_sha256": sha256_file(plan_path)}
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=header))
+    plan = plan.with_meta(full_meta)
+    paths = (directory / PLAN_TENSORS_FILE, directory / PLAN_FILE, directory / WEIGHTS_FILE)
+    with staged(*paths) as (plan_tensors_tmp, plan_tmp, weights_tmp):  # renamed in this order
+        write_plan(plan, plan_tmp, plan_tensors_tmp, PLAN_TENSORS_FILE)
+        header = {
+            "format": WEIGHTS_FORMAT,
+            "version": WEIGHTS_VERSION,
+            "neuronsplit": __version__,
+            "plan_sha256": sha256_file(plan_tmp),
+        }
+        metadata = {"neuronsplit": json.dumps(header, sort_keys=True)}
+        save_file(tensors, str(weights_tmp), metadata=metadata)
     return directory
 
 
@@ -174,6 +195,30 @@ def _header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, st
             f"{str(path)!r} is not a readable safetensors file ({type(err).__name__}: {err}); "
             "re-create it with neuronsplit.save"
         ) from err
+
+
+def _weights_header(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """The header :func:`save` wrote: one JSON object under "neuronsplit" with the format, its
+    version and the hash of ``plan.json``. Files of neuronsplit 0.2.0 kept plain entries
+    (``"neuronsplit": "0.2.0"``, ``"plan_sha256"``); they are read as they are."""
+    raw = metadata.get("neuronsplit", "")
+    if not raw.lstrip().startswith("{"):
+        return metadata
+    try:
+        header = json.loads(raw)
+    except ValueError as err:
+        raise CorruptFileError(
+            f"{str(path)!r} has a damaged header ({err}); save the model again"
+        ) from err
+    fmt, version = (
+        (header.get("format"), header.get("version")) if isinstance(header, dict) else (None, None)
+    )
+    if fmt != WEIGHTS_FORMAT or version != WEIGHTS_VERSION:
+        raise CorruptFileError(
+            f"{str(path)!r} has weights format {fmt!r} version {version!r}; this neuronsplit "
+            f"reads {WEIGHTS_FORMAT!r} version {WEIGHTS_VERSION} (save the model again)"
+        )
+    return header
 
 
 def load(directory: str | Path, model: nn.Module) -> nn.Module:
@@ -226,7 +271,8 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
                 f"{WEIGHTS_FILE} (write them with neuronsplit.save)"
             )
     plan = SplitPlan.load(plan_path)  # CorruptFileError names the file
-    file_shapes, header = _header_shapes(weights_path)
+    file_shapes, metadata = _header_shapes(weights_path)
+    header = _weights_header(weights_path, metadata)
     if "plan_sha256" in header and header["plan_sha256"] != sha256_file(plan_path):
         raise CorruptFileError(
             f"{str(plan_path)!r} and {str(weights_path)!r} come from different saves (the plan "
@@ -247,6 +293,7 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
         state = load_file(str(weights_path))
     except Exception as err:
         raise CorruptFileError(f"cannot read tensors from {str(weights_path)!r}: {err}") from err
+    _check_kinds(weights_path, split.state_dict(), state)
     try:
         split.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -254,6 +301,21 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
             f"{str(weights_path)!r} does not fit the split model: {err}"
         ) from err
     return split
+
+
+def _check_kinds(path: Path, expected: dict[str, Any], found: dict[str, torch.Tensor]) -> None:
+    """Floating tensors must come from floating ones, integer from integer: ``load_state_dict``
+    would cast anything (a damaged dtype field would load garbage silently)."""
+    for key, want in expected.items():
+        got = found.get(key)
+        if torch.is_tensor(want) and got is not None:
+            if want.is_floating_point() != got.is_floating_point() or want.is_complex() != (
+                got.is_complex()
+            ):
+                raise CorruptFileError(
+                    f"{str(path)!r}: tensor {key!r} is {got.dtype} but the model holds "
+                    f"{want.dtype} there; the file is damaged or not from neuronsplit.save"
+                )
 
 
 def _check_fingerprint(

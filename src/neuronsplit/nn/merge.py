@@ -31,6 +31,7 @@ from ..plan.forms import normalise_form
 __all__ = ["IndexMerge", "RESIDUAL", "extra_rows"]
 
 RESIDUAL = -1  # subunit number of a residual row
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _as_int(value: Any) -> int:
@@ -64,7 +65,8 @@ class IndexMerge(nn.Module):
     """Fold the extra rows of a split layer back into the original units.
 
     ``out = inter[:C] + index_add(index, inter[C:])`` along the unit axis, out of place (Captum
-    hooks may hold ``inter``); while steered, rows are scaled first.
+    hooks may hold ``inter``); while steered, rows are scaled first. Half-precision rows are
+    added in float32 and the sum is rounded once to their dtype (the output keeps it).
 
     Parameters
     ----------
@@ -128,14 +130,18 @@ class IndexMerge(nn.Module):
         self.form = form
         pos, sub = extra_rows(ks)
         starts = torch.cumsum(ks, 0) - ks
-        long = {"dtype": torch.long, "device": device}
-        self.register_buffer(
-            "index", torch.repeat_interleave(units_t, ks).to(**long), persistent=False
-        )
-        self.register_buffer("sub", sub.to(**long), persistent=False)
-        self.register_buffer("units", units_t.to(**long), persistent=False)
-        self.register_buffer("num_subunits", ks.to(**long), persistent=False)
-        self.register_buffer("offsets", (self.original_out + starts).to(**long), persistent=False)
+        # the layout on the host: lookups never read a device buffer (no sync, and they work
+        # on the meta device, where buffers have no values); the buffers are refilled from it
+        # after every move (see _apply)
+        self._layout = {
+            "index": torch.repeat_interleave(units_t, ks),
+            "sub": sub,
+            "units": units_t,
+            "num_subunits": ks,
+            "offsets": self.original_out + starts,
+        }
+        for name, host in self._layout.items():
+            self.register_buffer(name, host.to(device, torch.long, copy=True), persistent=False)
         dtype = (
             dtype if dtype is not None and dtype.is_floating_point else torch.get_default_dtype()
         )
@@ -143,8 +149,20 @@ class IndexMerge(nn.Module):
         self.register_buffer("row_scale", torch.ones(self.original_out, **flt), persistent=False)
         self.register_buffer("coef", torch.ones(int(ks.sum()), **flt), persistent=False)
         self._position = {u: s for s, u in enumerate(units_t.tolist())}
+        self._counts = ks.tolist()
+        self._offsets = self._layout["offsets"].tolist()
         self._stack: list[tuple[object, dict[tuple[int, int], float]]] = []
         self._steered = False
+
+    def _apply(self, fn: Any, recurse: bool = True) -> IndexMerge:
+        """Move/cast as ``nn.Module`` does, then refill the buffers: they follow from the plan,
+        so ``to_empty`` (materialising a model planned on the meta device) leaves them right."""
+        super()._apply(fn, recurse)
+        with torch.no_grad():
+            for name, host in self._layout.items():
+                getattr(self, name).copy_(host)
+        self._refresh()
+        return self
 
     # ------------------------------------------------------------------ layout
     @property
@@ -164,10 +182,14 @@ class IndexMerge(nn.Module):
                 "exist)"
             ) from None
 
+    def count(self, unit: int) -> int:
+        """``K`` of a split unit (``UnknownSubunitError`` if it is not split)."""
+        return self._counts[self.position(unit)]
+
     def channel(self, unit: int, k: int) -> int:
         """Channel of subunit ``k`` of ``unit`` in the ``.subunits`` output (``k=-1``: residual)."""
         s = self.position(unit)
-        n = int(self.num_subunits[s])
+        n = self._counts[s]
         try:
             number = RESIDUAL if k == "residual" else _as_int(k)
         except TypeError:
@@ -180,7 +202,7 @@ class IndexMerge(nn.Module):
         k = number
         if k == 0:
             return _as_int(unit)
-        offset = int(self.offsets[s])
+        offset = self._offsets[s]
         return offset + n - 1 if k == RESIDUAL else offset + k - 1
 
     # ------------------------------------------------------------------ forward
@@ -195,12 +217,15 @@ class IndexMerge(nn.Module):
                 f"IndexMerge expects {c + e} channels at dim {self.dim}, got shape "
                 f"{tuple(inter.shape)}"
             )
+        dtype = inter.dtype
+        if dtype in _HALF:  # add the rows in float32: one rounding, not one per row
+            inter = inter.float()
         base = inter.narrow(self.dim, 0, c)
         extra = inter.narrow(self.dim, c, e)
         if self._steered:
             base = base * self._shape(self.row_scale, base)
             extra = extra * self._shape(self.coef, extra)
-        return base.index_add(self.dim, self.index, extra)
+        return base.index_add(self.dim, self.index, extra).to(dtype)
 
     # ------------------------------------------------------------------ steering
     @property
@@ -266,7 +291,7 @@ class IndexMerge(nn.Module):
             for (unit, k), alpha in scales.items():
                 by_unit.setdefault(unit, {})[k] = alpha
             for unit, alphas in by_unit.items():
-                n = int(self.num_subunits[self.position(unit)])
+                n = self.count(unit)
                 subunit = [alphas.get(k, 1.0) for k in range(n)]
                 residual = alphas.get(RESIDUAL, 1.0)
                 if self.form == "overlap":

@@ -24,6 +24,9 @@ class LayerResult:
 
     ``unsplit_*`` is the worst over the units that were not split, ``split_units`` lists every
     split unit. Relative values divide by ``max_ref``, the largest ``|y|`` of the layer.
+    ``calls`` counts how often the split layer ran over all batches; a layer that never ran
+    (``calls == 0``) was not checked at all and fails unless ``verify_equivalence`` was called
+    with ``allow_unused=True``.
     """
 
     layer: str
@@ -33,6 +36,12 @@ class LayerResult:
     unsplit_worst_unit: int | None
     split_units: tuple[UnitDiff, ...]
     passed: bool
+    calls: int
+
+    @property
+    def ran(self) -> bool:
+        """Whether the split layer ran on the inputs at all (else nothing was compared)."""
+        return self.calls > 0
 
     @property
     def worst_split(self) -> UnitDiff | None:
@@ -91,6 +100,9 @@ class EquivalenceReport:
             for lay in r.layers:
                 if lay.passed and r.passed is False:
                     continue
+                if not lay.ran:
+                    parts.append(_not_run(lay))
+                    continue
                 if lay.unsplit_worst_unit is not None:
                     parts.append(
                         f"layer {lay.layer!r} unsplit unit {lay.unsplit_worst_unit}: "
@@ -114,6 +126,9 @@ class EquivalenceReport:
                 f"{r.output_rel:>11.3g}{r.rtol:>9.0e}  {'yes' if r.passed else 'NO'}"
             )
             for lay in r.layers:
+                if not lay.ran:
+                    lines.append(f"  {_not_run(lay)}  {'ok' if lay.passed else 'NOT CHECKED'}")
+                    continue
                 w = lay.worst_split
                 split = f"split rel {w.rel:.3g} (unit {w.unit})" if w else "no split units"
                 lines.append(
@@ -122,6 +137,11 @@ class EquivalenceReport:
                     f"{'ok' if lay.passed else 'NOT EXACT'}"
                 )
         return "\n".join(lines)
+
+
+def _not_run(lay: LayerResult) -> str:
+    how = "allowed by allow_unused=True" if lay.passed else "pass allow_unused=True to accept"
+    return f"layer {lay.layer!r} never ran on the inputs, so it was not checked ({how})"
 
 
 def _key(x: float) -> float:

@@ -149,7 +149,7 @@ class _SplitLayer(nn.Module):
 
     def num_subunits(self, unit: int) -> int:
         """Number ``K`` of subunits of ``unit`` (residual not counted)."""
-        return int(self.merge.num_subunits[self.merge.position(unit)])
+        return self.merge.count(unit)
 
     def subunit_index(self, unit: int, k: int) -> int:
         """Row of ``t_k`` of ``unit`` in the ``.subunits`` output (k=0 -> ``unit``).

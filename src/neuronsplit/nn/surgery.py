@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from .._checks import check_module
 from ..capture import check_plain, check_supported, layer_shape, resolve_layer
-from ..errors import PlanError, UnknownLayerError
+from ..errors import ArgumentTypeError, PlanError, UnknownLayerError
 from ..plan import SplitPlan
 from .split_layer import SPLIT_TYPES, SplitConv2d, SplitLinear
 
@@ -104,10 +105,9 @@ def apply_plan(model: nn.Module, plan: SplitPlan) -> nn.Module:
     >>> torch.allclose(split(x), m(x), atol=1e-6)
     True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "model")
     if not isinstance(plan, SplitPlan):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"plan must be a SplitPlan, got {type(plan).__name__}; build one with "
             "SplitPlan([UnitSplit(...), ...]) or SplitPlan.from_json(...)"
         )

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import capture
-from ..errors import InputShapeError, NotExactError, PlanMismatchError
+from ..errors import InputShapeError, MetaTensorError, NotExactError, PlanMismatchError
 from .report import DtypeResult, EquivalenceReport, LayerResult, UnitDiff, _key
 from .split_layer import explicit_rows
 from .surgery import iter_split_layers
@@ -39,6 +39,16 @@ DEFAULT_RTOL: dict[torch.dtype, float] = {
 }
 
 _MODEL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
+
+
+def _no_meta(what: str, tensors: Iterable[Tensor]) -> None:
+    if any(t.is_meta for t in tensors):
+        raise MetaTensorError(
+            f"{what} is on the meta device: meta tensors have shapes but no values, so there is "
+            "nothing to compare. apply_plan works on meta for shape-only planning; to verify, "
+            "materialise the weights first (model.to_empty(device='cpu') and load a state_dict, "
+            "then apply_plan again) and pass real inputs."
+        )
 
 
 def _dtypes(dtype: Any) -> tuple[torch.dtype, ...]:
@@ -133,6 +143,7 @@ def _run_dtype(
     dtype: torch.dtype,
     atol: float,
     rtol: float,
+    allow_unused: bool = False,
 ) -> DtypeResult:
     """Run both models (deep copies in ``dtype``, eval, no_grad) and compare."""
     orig = copy.deepcopy(original).to(dtype).eval()
@@ -147,6 +158,7 @@ def _run_dtype(
     n_units = {n: lay.original_out for n, lay in layers}
     layer_abs = {n: torch.zeros(n_units[n], dtype=torch.float64) for n, _ in layers}
     layer_ref = dict.fromkeys(n_units, 0.0)
+    calls = dict.fromkeys(n_units, 0)  # how often each split layer ran
     out_abs, out_ref, n_batches = 0.0, 0.0, 0
     device = _device(orig)
     names = [n for n, _ in layers]
@@ -157,6 +169,7 @@ def _run_dtype(
         torch.no_grad(),
     ):
         for i, args in enumerate(batches):
+            _no_meta(f"batch {i} of inputs", args)
             args = tuple(_cast(a, dtype, device) for a in args)
             cap_o.clear()
             cap_s.clear()
@@ -174,6 +187,7 @@ def _run_dtype(
             out_abs, out_ref = max(out_abs, d_abs), max(out_ref, ref)
             for name, lay in layers:
                 outs_o, outs_s = cap_o.outputs(name), cap_s.outputs(name)
+                calls[name] += len(outs_s)
                 if len(outs_o) != len(outs_s):  # layer called a different number of times
                     layer_abs[name].fill_(math.inf)
                 for a, b in zip(outs_o, outs_s, strict=False):
@@ -199,8 +213,11 @@ def _run_dtype(
             UnitDiff(u, float(diffs[u]), _rel(float(diffs[u]), ref)) for u in lay.split_units
         )
         ok = u_abs <= tol and all(d.max_abs <= tol for d in split_diffs)
+        ok = ok and (calls[name] > 0 or allow_unused)  # a layer that never ran was not checked
         results.append(
-            LayerResult(name, ref, u_abs, _rel(u_abs, ref), u_worst, split_diffs, bool(ok))
+            LayerResult(
+                name, ref, u_abs, _rel(u_abs, ref), u_worst, split_diffs, bool(ok), calls[name]
+            )
         )
     tol = atol + rtol * out_ref
     passed = out_abs <= tol and all(r.passed for r in results)
@@ -225,6 +242,7 @@ def verify_equivalence(
     atol: float | None = None,
     rtol: float | None = None,
     raise_on_fail: bool = False,
+    allow_unused: bool = False,
 ) -> EquivalenceReport:
     """Compare ``split`` with ``original`` on ``inputs``, per dtype.
 
@@ -248,6 +266,10 @@ def verify_equivalence(
     raise_on_fail : bool, default False
         Raise :class:`NotExactError` naming the worst comparison instead of returning a failed
         report.
+    allow_unused : bool, default False
+        A split layer that never runs on ``inputs`` (a branch the inputs do not take) cannot be
+        checked; by default its :class:`LayerResult` (``calls == 0``) and the report fail.
+        ``True`` accepts it (the report still says it did not run).
 
     Returns
     -------
@@ -257,6 +279,8 @@ def verify_equivalence(
     ------
     InputShapeError
         If the original model cannot run on ``inputs`` (its error is chained).
+    MetaTensorError
+        If a model or an input is on the ``meta`` device (shapes only, no values to compare).
     NotExactError
         With ``raise_on_fail=True`` when a comparison fails.
 
@@ -271,13 +295,15 @@ def verify_equivalence(
     """
     if not isinstance(original, nn.Module) or not isinstance(split, nn.Module):
         raise TypeError("original and split must be nn.Module instances")
+    for what, model in (("the original model", original), ("the split model", split)):
+        _no_meta(what, (*model.parameters(), *model.buffers()))
     dtypes = _dtypes(dtype)
     batches = _batches(inputs)
     rows = []
     for dt in dtypes:
         r_tol = DEFAULT_RTOL.get(dt, 1e-2) if rtol is None else float(rtol)
         a_tol = 0.0 if atol is None else float(atol)
-        rows.append(_run_dtype(original, split, batches, dt, a_tol, r_tol))
+        rows.append(_run_dtype(original, split, batches, dt, a_tol, r_tol, allow_unused))
     report = EquivalenceReport(all(r.passed for r in rows), tuple(rows))
     if raise_on_fail and not report.passed:
         raise NotExactError(f"split model is not equivalent to the original: {report.worst()}")

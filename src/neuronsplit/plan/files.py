@@ -2,8 +2,9 @@
 
 Whole-layer plans are millions of integers; JSON lists of them took 13 MB for one ViT-B layer.
 The JSON keeps what a person reads (layers, merge forms, labels, metadata) and names the tensor
-file with its SHA-256; the tensors are int8/int16 in safetensors. Writes go to a temporary file
-that is renamed into place, so a failure never leaves half a file. Small plans may also be
+file with its SHA-256; the tensors are int8/int16 in safetensors. Both files are written to
+temporary files that are renamed into place once both are complete, so a failure never leaves
+half a file or a new file next to an old one. Small plans may also be
 one JSON file with inline assignments (:meth:`SplitPlan.to_json`); :func:`load_plan` reads both.
 """
 
@@ -15,13 +16,13 @@ from typing import Any
 
 import torch
 
-from .._files import atomic_write, atomic_write_text, sha256_file
+from .._files import sha256_file, staged
 from ..errors import CorruptFileError, PlanError
 from ._util import thaw
 from .layer import LayerSplit
 from .plan import PLAN_FORMAT, PLAN_VERSION, SplitPlan, check_header
 
-__all__ = ["save_plan", "load_plan"]
+__all__ = ["save_plan", "load_plan", "write_plan"]
 
 _TENSOR_KEYS = ("units", "num_subunits", "assignment")
 
@@ -31,13 +32,25 @@ def _tensor_path(json_path: Path) -> Path:
 
 
 def save_plan(plan: SplitPlan, path: Path) -> Path:
-    """Write ``path`` and its ``.safetensors`` sibling (see the module docstring)."""
-    from safetensors.torch import save_file
+    """Write ``path`` and its ``.safetensors`` sibling (see the module docstring).
 
+    Both files are written to temporary siblings first and renamed into place only when both
+    are complete (tensors first), so a failure leaves the previous pair as it was.
+    """
     if path.suffix != ".json":
         raise PlanError(f"plan files end in .json (the tensors go next to it), got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensor_path = _tensor_path(path)
+    with staged(tensor_path, path) as (tensor_tmp, json_tmp):
+        write_plan(plan, json_tmp, tensor_tmp, tensor_path.name)
+    return path
+
+
+def write_plan(plan: SplitPlan, json_path: Path, tensor_path: Path, tensor_name: str) -> None:
+    """Write the two plan files as they are (no temporary files): the JSON names its tensor
+    file ``tensor_name`` (the name it will have next to the JSON) and records its SHA-256."""
+    from safetensors.torch import save_file
+
     tensors = {
         f"{ls.layer}/{key}": t.contiguous()
         for ls in plan.layer_splits
@@ -45,18 +58,15 @@ def save_plan(plan: SplitPlan, path: Path) -> Path:
     }
     # safetensors cannot write an empty dict of tensors on every version: keep one marker
     tensors = tensors or {"__empty__": torch.zeros(0)}
-    atomic_write(
-        tensor_path, lambda p: save_file(tensors, str(p), metadata={"format": PLAN_FORMAT})
-    )
+    save_file(tensors, str(tensor_path), metadata={"format": PLAN_FORMAT})
     header = {
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
         "meta": thaw(plan.meta),
-        "assignments": {"file": tensor_path.name, "sha256": sha256_file(tensor_path)},
+        "assignments": {"file": tensor_name, "sha256": sha256_file(tensor_path)},
         "layers": [ls.header() for ls in plan.layer_splits],
     }
-    atomic_write_text(path, json.dumps(header, indent=1))
-    return path
+    json_path.write_text(json.dumps(header, indent=1), encoding="utf-8")
 
 
 def load_plan(path: Path) -> SplitPlan:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError, PlanError, UnknownLayerError
+from ..errors import ArgumentTypeError, CorruptFileError, PlanError, UnknownLayerError
 from ._util import FrozenMeta, thaw
 from .layer import LayerSplit
 from .unit import UnitSplit
@@ -270,7 +270,9 @@ class SplitPlan:
                 raise CorruptFileError(f"plan JSON is not valid JSON: {err}") from err
             return cls.from_dict(data)
         if not isinstance(source, (str, Path)):
-            raise TypeError(f"from_json expects JSON text or a path, got {type(source).__name__}")
+            raise ArgumentTypeError(
+                f"from_json expects JSON text or a path, got {type(source).__name__}"
+            )
         from .files import load_plan
 
         return load_plan(Path(source))

@@ -15,8 +15,10 @@ import copy as copy_module
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentTypeError
 from .backend import RelevanceBackend
 
 __all__ = ["Zennit"]
@@ -58,7 +60,7 @@ class Zennit(RelevanceBackend):
         from zennit.core import Composite
 
         if not isinstance(composite, Composite):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"Zennit(composite) needs a zennit Composite such as EpsilonPlusFlat(), got "
                 f"{type(composite).__name__}"
             )
@@ -88,13 +90,22 @@ class Zennit(RelevanceBackend):
             before = {id(m): len(m._forward_pre_hooks) for m in linear_maps}
             stack.callback(self.composite.remove)  # first, so a failed register is undone
             self.composite.register(work)
+            stabilizer = self._stabilizer(work)
             for module in linear_maps:
                 # a composite that already rules the module wins; otherwise the Norm rule
                 # (epsilon rule of a parameter-free linear map) distributes R to its inputs
                 if len(module._forward_pre_hooks) == before[id(module)]:
-                    handles = Norm(stabilizer=self.merge_epsilon).register(module)
+                    handles = Norm(stabilizer=stabilizer).register(module)
                     stack.callback(handles.remove)
             yield work
+
+    def _stabilizer(self, model: nn.Module) -> float:
+        # 1e-9 is 0 in float16, and a merged output of exactly 0 would then give 0/0: never go
+        # below the smallest normal number of the model's dtype
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if param is None:
+            return self.merge_epsilon
+        return max(self.merge_epsilon, float(torch.finfo(param.dtype).tiny))
 
     def output_seed(self, selected: Tensor) -> Tensor:
         # LRP starts from the target logit itself, so LRP-0 reproduces gradient x activation

@@ -21,7 +21,9 @@ from .statistics import STATISTIC_TYPES, ClassCounts, Statistic
 __all__ = ["save_scan", "load_scan", "SCAN_FORMAT", "SCAN_VERSION"]
 
 SCAN_FORMAT = "neuronsplit.scan"
-SCAN_VERSION = 2  # 1: fixed tensors (neuronsplit 0.1); 2: statistic objects, shapes in header
+# 1: fixed tensors (neuronsplit 0.1); 2: statistic objects, shapes in header; 3: images without
+# positive relevance are important for no unit, and are counted per layer ("no_positive")
+SCAN_VERSION = 3
 
 
 def _entries(result: ScanResult) -> list[tuple[str, str, Statistic]]:
@@ -92,6 +94,13 @@ def load_scan(path: str | os.PathLike) -> ScanResult:
             f"{path!r} was written by neuronsplit 0.1 (scan format 1); scan again to write the "
             f"current format {SCAN_VERSION}"
         )
+    if fmt == SCAN_FORMAT and version == 2:
+        raise CorruptFileError(
+            f"{path!r} has scan format version 2, whose importance counts mark every unit as "
+            "important for an image without positive relevance at the layer (version 3 counts "
+            "such images for no unit and keeps their number); scan again to write version "
+            f"{SCAN_VERSION}"
+        )
     if fmt != SCAN_FORMAT or version != SCAN_VERSION:
         raise CorruptFileError(
             f"{path!r} has format {fmt!r} version {version!r}; this neuronsplit reads "
@@ -153,7 +162,12 @@ def _statistic(info: Any, tensors: dict[str, Any], prefix: str) -> Statistic:
     return cls(**{f: tensors[f"{prefix}/{f}"] for f in cls.fields}, **spec)
 
 
-_REQUIRED = {"important": "TauCounts", "relevance_sum": "ClassSums", "input_sums": "TapSums"}
+_REQUIRED = {
+    "important": "TauCounts",
+    "no_positive": "NoPositiveCounts",
+    "relevance_sum": "ClassSums",
+    "input_sums": "TapSums",
+}
 
 
 def _check_consistent(
@@ -165,6 +179,7 @@ def _check_consistent(
         c, j, k = stats.weight.shape
         expected = {
             "important": {"counts": (len(taus), n, c)},
+            "no_positive": {"counts": (n,)},
             "relevance_sum": {"sums": (n, c)},
             "input_sums": {"sums": (n, j, k)},
         }
@@ -183,6 +198,9 @@ def _check_consistent(
                 want = {f: (c, first[1] if len(first) == 2 else -1) for f in shapes}
             if shapes != want:
                 problems.append(f"statistic {name}/{key} has shapes {shapes}, expected {want}")
+        none = stats.statistics.get("no_positive")
+        if not problems and bool((none.counts > counts.counts).any()):  # type: ignore[union-attr]
+            problems.append(f"{name}/no_positive counts more images than class_counts")
         taus_of = getattr(stats.statistics.get("important"), "taus", taus)
         if tuple(taus_of) != tuple(taus):
             problems.append(

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .statistics import ClassSums, Statistic, TapSums, TauCounts, TopN
+from .statistics import ClassSums, NoPositiveCounts, Statistic, TapSums, TauCounts, TopN
 
 __all__ = ["LayerStats", "DEFAULT_TAU_GRID", "layout"]
 
@@ -26,8 +26,9 @@ class LayerStats:
     weight : Tensor
         ``(C, J, K)`` float64: the layer weight with the kernel flattened.
     statistics : dict of str to Statistic
-        ``"important"`` (:class:`TauCounts`), ``"relevance_sum"`` (:class:`ClassSums`),
-        ``"input_sums"`` (:class:`TapSums`) and, when the scan kept samples,
+        ``"important"`` (:class:`TauCounts`), ``"no_positive"`` (:class:`NoPositiveCounts`),
+        ``"relevance_sum"`` (:class:`ClassSums`), ``"input_sums"`` (:class:`TapSums`) and,
+        when the scan kept samples,
         ``"top_activation"`` / ``"top_relevance"`` (:class:`TopN`).
     """
 
@@ -50,6 +51,12 @@ class LayerStats:
     def important(self) -> Tensor:
         """``(T, N, C)`` importance counts on the tau grid."""
         return self.statistics["important"].counts
+
+    @property
+    def no_positive(self) -> Tensor:
+        """``(N,)`` images per class whose positive relevance at this layer is zero (they are
+        important for no unit)."""
+        return self.statistics["no_positive"].counts
 
     @property
     def relevance_sum(self) -> Tensor:
@@ -89,14 +96,21 @@ class LayerStats:
         input_sums: Tensor,
         *,
         taus: Sequence[float] = DEFAULT_TAU_GRID,
+        no_positive: Tensor | None = None,
     ) -> LayerStats:
-        """Build the core statistics from plain tensors (e.g. to test detection by hand)."""
+        """Build the core statistics from plain tensors (e.g. to test detection by hand);
+        ``no_positive`` defaults to zeros (every image had some positive relevance)."""
+        if no_positive is None:
+            no_positive = NoPositiveCounts.zeros(
+                int(relevance_sum.shape[0]), relevance_sum.device
+            ).counts
         return cls(
             name,
             kind,
             weight,
             {
                 "important": TauCounts(counts=important, taus=tuple(taus)),
+                "no_positive": NoPositiveCounts(counts=no_positive),
                 "relevance_sum": ClassSums(sums=relevance_sum),
                 "input_sums": TapSums(sums=input_sums),
             },

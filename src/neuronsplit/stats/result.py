@@ -106,6 +106,17 @@ class ScanResult:
         """
         return self.layer(layer).important[self._tau_index(tau)]
 
+    def no_positive_relevance(self, layer: str) -> Tensor:
+        """``(N,)`` int64 images of each class whose positive relevance at ``layer`` is zero.
+
+        For such an image every unit has relevance ``<= 0`` (a dead layer: all zero), so
+        Hesse's threshold ``tau * sum_c max(R_c, 0)`` is zero; these images are counted as
+        important for **no** unit (the official code counts them for every unit with
+        ``R_c >= 0``). They still count in :attr:`class_counts`, so they lower the share of
+        a class's images for which a unit is important.
+        """
+        return self.layer(layer).no_positive
+
     def mean_relevance(self, layer: str) -> Tensor:
         """``(N, C)`` class-mean relevance of each unit (NaN rows for empty classes)."""
         counts = self.class_counts.to(torch.float64).unsqueeze(1)

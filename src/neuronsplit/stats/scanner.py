@@ -43,7 +43,15 @@ from .sharding import (
     sharded_batches,
     sync_failure,
 )
-from .statistics import ClassCounts, ClassSums, LayerBatch, TapSums, TauCounts, TopN
+from .statistics import (
+    ClassCounts,
+    ClassSums,
+    LayerBatch,
+    NoPositiveCounts,
+    TapSums,
+    TauCounts,
+    TopN,
+)
 
 __all__ = ["scan"]
 
@@ -88,6 +96,7 @@ class _Accumulator:
             _, inputs, taps = flat_weight(module).shape
             stats: dict[str, Any] = {
                 "important": TauCounts.zeros(self.taus, num_classes, units, dev),
+                "no_positive": NoPositiveCounts.zeros(num_classes, dev),
                 "relevance_sum": ClassSums.zeros(num_classes, units, dev),
                 "input_sums": TapSums.zeros(num_classes, inputs, taps, dev),
             }

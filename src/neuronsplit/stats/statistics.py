@@ -5,7 +5,10 @@ taps, ``N`` classes):
 
 * :class:`ClassCounts` ``(N,)``: images per class (grouped by the relevance target);
 * :class:`TauCounts` ``(T, N, C)``: images of class ``t`` for which unit ``c`` is important at
-  each threshold of the tau grid (``R_c >= tau * sum_c' max(R_c', 0)``, Hesse et al.);
+  each threshold of the tau grid (``R_c >= tau * sum_c' max(R_c', 0)``, Hesse et al.); an image
+  whose positive relevance at the layer is zero is important for no unit;
+* :class:`NoPositiveCounts` ``(N,)``: images per class whose positive relevance at the layer is
+  zero (every ``R_c <= 0``), the images :class:`TauCounts` leaves out;
 * :class:`ClassSums` ``(N, C)``: class sums of the unit relevances;
 * :class:`TapSums` ``(N, J, K)``: class sums of the input summed over the positions each kernel
   tap reads; with the weight they give every average relevance vector in closed form;
@@ -31,10 +34,12 @@ __all__ = [
     "Statistic",
     "ClassCounts",
     "TauCounts",
+    "NoPositiveCounts",
     "ClassSums",
     "TapSums",
     "TopN",
     "STATISTIC_TYPES",
+    "has_positive",
     "reduce_on",
 ]
 
@@ -143,8 +148,20 @@ class ClassCounts(Statistic):
         self.add(batch.targets)
 
 
+def has_positive(relevance: Tensor) -> Tensor:
+    """``(B,)`` bool: the sample has some positive unit relevance (``sum_c max(R_c, 0) > 0``)."""
+    return (relevance > 0).any(1)
+
+
 class TauCounts(Statistic):
-    """``counts (T, N, C)`` int32: how often each unit is important, per class and tau."""
+    """``counts (T, N, C)`` int32: how often each unit is important, per class and tau.
+
+    Unit ``c`` is important for an image when ``R_c >= tau * sum_c' max(R_c', 0)``. An image
+    whose positive relevance at the layer is zero is important for no unit: the rule would
+    otherwise read ``R_c >= 0`` and mark every unit with zero relevance (all of a dead layer's)
+    as important. This deviates on purpose from the official code; such images are counted
+    by :class:`NoPositiveCounts`.
+    """
 
     fields = ("counts",)
 
@@ -171,8 +188,29 @@ class TauCounts(Statistic):
         if key not in self._thresholds:  # built once, not on every batch
             self._thresholds[key] = torch.tensor(self.taus, dtype=rel.dtype, device=rel.device)
         thresholds = self._thresholds[key].view(-1, 1, 1)
-        important = (rel.unsqueeze(0) >= thresholds * positive_total.unsqueeze(0)).to(torch.int32)
+        important = rel.unsqueeze(0) >= thresholds * positive_total.unsqueeze(0)
+        important &= has_positive(rel).view(1, -1, 1)  # no positive relevance: no unit
+        important = important.to(torch.int32)
         self.counts.index_add_(1, batch.targets, important)  # all taus in one call: (T, B, C)
+
+
+class NoPositiveCounts(Statistic):
+    """``counts (N,)`` int64: images per class whose positive relevance at the layer is zero.
+
+    Such images (every unit relevance ``<= 0``) are important for no unit in
+    :class:`TauCounts`; this count says how many there were.
+    """
+
+    fields = ("counts",)
+
+    @classmethod
+    def zeros(cls, num_classes: int, device: Any = None) -> NoPositiveCounts:
+        """An empty count."""
+        return cls(counts=torch.zeros(num_classes, dtype=torch.int64, device=device))
+
+    def update(self, batch: LayerBatch) -> None:
+        none = ~has_positive(batch.relevance)
+        self.counts.index_add_(0, batch.targets, none.to(torch.int64))
 
 
 class ClassSums(Statistic):
@@ -305,5 +343,6 @@ def reduce_on(stat: Statistic, device: torch.device, group: Any = None) -> Stati
 
 #: statistic classes by the name stored in scan files
 STATISTIC_TYPES: Mapping[str, type[Statistic]] = {
-    cls.__name__: cls for cls in (ClassCounts, TauCounts, ClassSums, TapSums, TopN)
+    cls.__name__: cls
+    for cls in (ClassCounts, TauCounts, NoPositiveCounts, ClassSums, TapSums, TopN)
 }

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import EmptyClassError
+from ..._checks import check_bool, check_int, check_names, check_number
+from ...errors import ArgumentTypeError, EmptyClassError, InvalidArgumentError
 from ...stats import ScanResult
 
 __all__ = [
@@ -110,8 +111,7 @@ def relevant_classes(
     >>> rel = relevant_classes(res, "fc2")  # doctest: +SKIP
     >>> rel.sum(0)  # number of relevant classes per unit  # doctest: +SKIP
     """
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"p must be in (0, 1], got {p}")
+    p = check_number(p, "p", low=0.0, high=1.0, low_open=True)
     counts = result.important_counts(layer, tau).to(torch.float64)
     n = result.class_counts.to(torch.float64).unsqueeze(1)
     # counts are integers: compare with ceil(p * N) so that count == p * N is relevant even when
@@ -144,7 +144,8 @@ def find_polysemantic(
     p : float
         Share of a class's images for which a unit must be important (default 0.75).
     gamma : float
-        Upper cosine bound (exclusive) for a polysemantic pair (default 0.5).
+        Upper cosine bound (exclusive) for a polysemantic pair, in [-1, 1] (default 0.5;
+        1 keeps every pair whose ARVs do not point exactly the same way).
     cos_low : float
         Lower cosine bound (inclusive); 0.0 as in the official code.
     include_negative : bool
@@ -162,6 +163,11 @@ def find_polysemantic(
     ------
     EmptyClassError
         If ``classes`` names a class without images, or the scan saw no images at all.
+    UnknownLayerError
+        A layer that was not scanned.
+    InvalidArgumentError, ArgumentTypeError
+        A parameter out of range (tau, p in (0, 1], gamma and cos_low in [-1, 1], cos_low
+        below gamma) or of the wrong type.
 
     Examples
     --------
@@ -169,19 +175,33 @@ def find_polysemantic(
     >>> units = ns.find_polysemantic(res, tau=0.03, p=0.75, gamma=0.5)  # doctest: +SKIP
     >>> units[0].layer, units[0].unit, units[0].top_pair  # doctest: +SKIP
     """
-    names = (
-        list(result.layers)
-        if layers is None
-        else ([layers] if isinstance(layers, str) else list(layers))
-    )
+    if not isinstance(result, ScanResult):
+        raise ArgumentTypeError(
+            f"find_polysemantic needs a ScanResult (from ns.scan or ScanResult.load), got "
+            f"{type(result).__name__}"
+        )
+    names = list(result.layers) if layers is None else check_names(layers, "layers")
+    for name in names:
+        result.layer(name)  # UnknownLayerError naming the scanned layers
+    check_number(tau, "tau", low=0.0, high=1.0, low_open=True)
+    check_number(p, "p", low=0.0, high=1.0, low_open=True)
+    check_number(gamma, "gamma", low=-1.0, high=1.0)
+    check_number(cos_low, "cos_low", low=-1.0, high=1.0)
+    check_bool(include_negative, "include_negative")
+    if not include_negative and cos_low >= gamma:
+        raise InvalidArgumentError(
+            f"cos_low={cos_low} is not below gamma={gamma}, so no pair can be found; lower "
+            "cos_low or raise gamma"
+        )
     if result.num_samples == 0:
         raise EmptyClassError("the scan saw no images; scan a non-empty loader first")
     allowed = None
     if classes is not None:
         allowed = torch.zeros(result.num_classes, dtype=torch.bool)
         for c in classes:
-            result._class_count(int(c))  # raises for out-of-range or empty classes
-            allowed[int(c)] = True
+            c = check_int(c, "classes entry", low=0, high=result.num_classes - 1)
+            result._class_count(c)  # raises for empty classes
+            allowed[c] = True
     found: list[tuple[float, int, int, PolysemanticUnit]] = []
     for layer_pos, layer in enumerate(names):
         relevant = relevant_classes(result, layer, tau=tau, p=p)

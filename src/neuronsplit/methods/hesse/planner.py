@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..._checks import check_bool, check_choice, check_int, check_module, check_number
 from ...capture import check_supported, resolve_layer
+from ...errors import ArgumentTypeError, InvalidArgumentError
 from ...plan import LayerSplit, SplitPlan
 from ...plan.forms import normalise_form
 from ...stats import ScanResult
@@ -76,18 +78,31 @@ def plan_split(
     >>> split = ns.apply_plan(model, plan)  # doctest: +SKIP
     """
     units = [unit] if isinstance(unit, PolysemanticUnit) else list(unit)
-    if not units:
-        raise ValueError("plan_split needs at least one PolysemanticUnit")
+    if not units or not all(isinstance(u, PolysemanticUnit) for u in units):
+        raise ArgumentTypeError(
+            "plan_split needs a PolysemanticUnit or a non-empty list of them (from "
+            f"ns.find_polysemantic), got {unit!r:.80}"
+        )
+    if not isinstance(result, ScanResult):
+        raise ArgumentTypeError(
+            f"result must be the ScanResult the units came from, got {type(result).__name__}"
+        )
     if rho == "auto" and (loader is None or model is None):
-        raise ValueError(
+        raise InvalidArgumentError(
             "rho='auto' scores every rho on the concept images: pass the training loader and "
             "model=..., or give a fixed rho such as rho=0.5"
         )
-    if rho != "auto" and not (isinstance(rho, (int, float)) and 0.0 < float(rho) <= 1.0):
-        raise ValueError(f"rho must be 'auto' or a number in (0, 1], got {rho!r}")
+    if rho != "auto":
+        rho = check_number(rho, "rho ('auto' or a number)", low=0.0, high=1.0, low_open=True)
+    if model is not None:
+        check_module(model, "model")
     form = normalise_form(merge, "plan")  # PlanError (a ValueError) names the valid forms
+    check_choice(mode, "mode", ("faithful", "magnitude"))
+    check_number(gamma, "gamma", low=-1.0, high=1.0)
+    check_int(max_images, "max_images", low=1, optional=True)
+    check_bool(progress, "progress")
     if concepts is not None and len(units) > 1:
-        raise ValueError("concepts=... applies to a single unit; plan units one by one")
+        raise InvalidArgumentError("concepts=... applies to a single unit; plan units one by one")
     grid = RHO_GRID if rho == "auto" else (float(rho),)
     rhos = torch.tensor(grid, dtype=torch.float64)
     items: dict[str, list[UnitToScore]] = {}
@@ -98,7 +113,7 @@ def plan_split(
             else concept_groups(result, u, gamma=gamma)
         )
         if len(unit_concepts) < 2:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"unit {u.unit} of {u.layer!r} has a single concept {unit_concepts}; its classes "
                 "are mutually similar at this gamma, so there is nothing to split"
             )

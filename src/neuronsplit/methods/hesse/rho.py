@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..._checks import check_choice
+from ...errors import InvalidArgumentError
 from ...plan import SHARED
 
 __all__ = ["RHO_GRID", "rho_assignment", "rho_partition", "subunit_score", "hesse_masks"]
@@ -35,11 +37,10 @@ _EPS = 1e-5
 
 def _check(arvs: Tensor, rhos: Tensor, mode: str) -> None:
     if arvs.dim() != 2 or arvs.shape[0] < 2:
-        raise ValueError(f"arvs must be (K >= 2, J), got shape {tuple(arvs.shape)}")
+        raise InvalidArgumentError(f"arvs must be (K >= 2, J), got shape {tuple(arvs.shape)}")
     if rhos.numel() == 0 or bool(((rhos <= 0) | (rhos > 1)).any()):
-        raise ValueError(f"rho must be in (0, 1], got {rhos.tolist()}")
-    if mode not in ("faithful", "magnitude"):
-        raise ValueError(f"mode must be 'faithful' or 'magnitude', got {mode!r}")
+        raise InvalidArgumentError(f"rho must be in (0, 1], got {rhos.tolist()}")
+    check_choice(mode, "mode", ("faithful", "magnitude"))
 
 
 def rho_assignment(arvs: Tensor, rho: float | Tensor, *, mode: str = "faithful") -> Tensor:
