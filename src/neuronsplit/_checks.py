@@ -8,6 +8,7 @@ model or loader pass through unchanged.
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,8 @@ __all__ = [
     "check_bool",
     "check_module",
     "check_names",
+    "int_in",
+    "number_in",
 ]
 
 
@@ -136,3 +139,36 @@ def check_names(value: Any, name: str = "layers", *, example: str = "'fc2'") -> 
     if dup:
         raise InvalidArgumentError(f"{name} lists {dup} twice; give each name once")
     return names
+
+
+def int_in(low: int, high: int | None = None):
+    """An argparse ``type``: an integer in ``[low, high]`` (argparse prints the usage on error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{value} is not {bound}")
+        return value
+
+    return parse
+
+
+def number_in(low: float, high: float, *, low_open: bool = False):
+    """An argparse ``type``: a number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value} is not in {'(' if low_open else '['}{low:g}, {high:g}]"
+            )
+        return value
+
+    return parse

@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ._checks import int_in, number_in
+
 __all__ = ["main", "build_parser"]
 
 
@@ -25,10 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--cache", default=None, help="model cache dir (default ~/.cache/neuronsplit)"
     )
-    demo.add_argument("--top", type=int, default=3, help="units to split (default 3)")
-    demo.add_argument("--tau", type=float, default=0.03)
-    demo.add_argument("--p", type=float, default=0.75)
-    demo.add_argument("--gamma", type=float, default=0.5)
+    demo.add_argument("--top", type=int_in(1), default=3, help="units to split (default 3)")
+    demo.add_argument(
+        "--tau", type=number_in(0, 1, low_open=True), default=0.03,
+        help="importance threshold, one of the scan's tau grid 0.01, 0.02, 0.03, 0.05, 0.1 "
+        "(default 0.03)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--p", type=number_in(0, 1, low_open=True), default=0.75,
+        help="share of a class's images a unit must be important for (default 0.75)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--gamma", type=number_in(-1, 1), default=0.5,
+        help="ARV cosine below which two classes are different concepts (default 0.5)",
+    )  # fmt: skip
     demo.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     try:

@@ -301,7 +301,7 @@ def test_reading_a_layer_that_is_not_captured_raises_key_error() -> None:
     model = _mlp()
     with capture(model, ["0"]) as cap:
         assert isinstance(cap, Capture) and cap.names == ("0",)
-        with pytest.raises(KeyError, match="not captured"):
+        with pytest.raises(UnknownLayerError, match="not captured"):  # a LookupError
             cap.output("2")
 
 

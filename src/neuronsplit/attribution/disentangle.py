@@ -62,7 +62,13 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from ..errors import PlanMismatchError, UnknownLayerError, UnsupportedLayerError
+from ..errors import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    PlanMismatchError,
+    UnknownLayerError,
+    UnsupportedLayerError,
+)
 from ..nn import SplitConv2d, SplitLinear, apply_plan, iter_split_layers, plan_of
 from ..plan import SplitPlan
 from ..relevance import get_backend
@@ -82,7 +88,7 @@ def _sum_per_sample(tensors: Sequence[Tensor]) -> Tensor:
 
 def _prepare_model(model: nn.Module, plan: SplitPlan | None) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Disentangle needs an nn.Module (a split model, or a model plus a plan), got "
             f"{type(model).__name__}"
         )
@@ -95,7 +101,7 @@ def _prepare_model(model: nn.Module, plan: SplitPlan | None) -> nn.Module:
             )
         return model
     if not isinstance(plan, SplitPlan):
-        raise TypeError(f"plan must be a SplitPlan, got {type(plan).__name__}")
+        raise ArgumentTypeError(f"plan must be a SplitPlan, got {type(plan).__name__}")
     if is_split:
         if plan_of(model).by_layer() != plan.by_layer():
             raise PlanMismatchError(
@@ -199,7 +205,9 @@ class Disentangle(GradientAttribution):
     ) -> tuple[Raw, SplitConv2d | SplitLinear]:
         """One forward pass with the relevance session, then the masked backward per subunit."""
         if not refs or len({ref.layer for ref in refs}) != 1:
-            raise ValueError(f"one call attributes subunits of one layer, got {list(refs)}")
+            raise InvalidArgumentError(
+                f"one call attributes subunits of one layer, got {list(refs)}"
+            )
         subunits = []
         for ref in refs:
             split, rows, coef = subunit_rows(self.model, ref)
@@ -272,7 +280,8 @@ class Disentangle(GradientAttribution):
         InvalidTargetError
             The target is out of range or does not fit the batch.
         InputShapeError
-            Inputs that are not float tensors with a common batch size, or do not fit the model.
+            Inputs that are not float tensors with a common batch size. An error of the model
+            itself (inputs that do not fit it) passes through unchanged, with a note.
 
         Examples
         --------

@@ -27,18 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import capture, eval_mode
-from ..errors import InputShapeError
 from ..nn import SplitConv2d, SplitLinear
 from ..relevance import RelevanceBackend
 from .inputs import TargetLike, format_args, format_inputs, select_target
 from .selectors import channel_sum
 
 __all__ = ["Subunit", "Raw", "forward_checked", "masked_backward"]
-
-# Substrings of PyTorch's messages for inputs that do not fit a layer (why: a wrong input shape
-# surfaces as a RuntimeError deep inside the model; we re-raise it as a typed error, but leave
-# unrelated RuntimeErrors of user modules alone).
-_SHAPE_WORDS = ("shape", "size", "mat1 and mat2", "dimension", "channels", "expected input")
 
 
 @dataclass(frozen=True)
@@ -60,16 +54,16 @@ class Raw:
 
 
 def forward_checked(model: nn.Module, xs: tuple[Tensor, ...], args: tuple[Any, ...]) -> Tensor:
-    """``model(*xs, *args)``; a shape ``RuntimeError`` becomes :class:`InputShapeError`."""
+    """``model(*xs, *args)``; an error of the user's model passes through with a note.
+
+    (neuronsplit 0.1 turned every RuntimeError that mentioned a size or a shape into an
+    ``InputShapeError``, which hid bugs of the model itself.)
+    """
     try:
         return model(*xs, *args)
-    except RuntimeError as err:
-        text = str(err).lower()
-        if any(word in text for word in _SHAPE_WORDS):
-            shapes = ", ".join(str(tuple(x.shape)) for x in xs)
-            raise InputShapeError(
-                f"inputs of shape {shapes} do not fit {type(model).__name__}: {err}"
-            ) from err
+    except Exception as err:
+        shapes = ", ".join(str(tuple(x.shape)) for x in xs)
+        err.add_note(f"neuronsplit.Disentangle: the model failed on inputs of shape {shapes}")
         raise
 
 

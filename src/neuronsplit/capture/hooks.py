@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedLayerError
+from ..errors import UnknownLayerError, UnsupportedLayerError
 from .layers import resolve_layer
 
 __all__ = ["Capture", "capture", "differentiable"]
@@ -103,7 +103,7 @@ class Capture:
     def _once(self, name: str) -> None:
         calls = self._calls.get(name)
         if calls is None:
-            raise KeyError(f"layer {name!r} is not captured; captured: {list(self.names)}")
+            raise UnknownLayerError(f"layer {name!r} is not captured; captured: {list(self.names)}")
         if calls != 1:
             raise UnsupportedLayerError(
                 f"layer {name!r} ran {calls} times in one forward pass; neuronsplit needs layers "

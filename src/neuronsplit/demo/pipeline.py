@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from .. import __version__
+from .._checks import check_int, check_number
+from ..errors import EmptyClassError
 from ..evaluation import concept_fractions
 from ..methods.hesse import PolysemanticUnit, find_polysemantic, plan_split
 from ..nn import apply_plan, explicit_rows, verify_equivalence
@@ -45,7 +47,10 @@ def demo_plan(
     result = scan(model, train_loader, [DEMO_LAYER], num_classes=10, progress=progress)
     units = find_polysemantic(result, DEMO_LAYER, tau=tau, p=p, gamma=gamma)
     if not units:
-        raise RuntimeError("the demo model has no gamma-polysemantic fc2 unit; retrain it")
+        raise EmptyClassError(
+            "the demo model has no gamma-polysemantic fc2 unit at these parameters; lower "
+            "gamma's strictness (raise gamma) or retrain it (get_demo_model(retrain=True))"
+        )
     plan = plan_split(
         units[:top], result, train_loader, model=model, gamma=gamma, progress=progress
     )
@@ -82,6 +87,10 @@ def run_demo(
     dict
         The summary that was written.
     """
+    check_int(top, "top (units to split)", low=1)
+    check_number(tau, "tau", low=0.0, high=1.0, low_open=True)
+    check_number(p, "p", low=0.0, high=1.0, low_open=True)
+    check_number(gamma, "gamma", low=-1.0, high=1.0)
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

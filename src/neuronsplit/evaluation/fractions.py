@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import check_int, check_module, check_number
 from ..capture import capture, eval_mode, layer_kind, resolve_layer, unit_sum
+from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..nn import get_split_layer
 
 __all__ = ["ConceptFractions", "concept_fractions"]
@@ -113,8 +115,19 @@ def concept_fractions(
     >>> fr = concept_fractions(model, split, "fc2", 2, x_test, y_test, [[6], [9]])  # doctest: +SKIP
     >>> fr[0].subunit_mean  # high first entry, low second  # doctest: +SKIP
     """
+    check_module(original, "original")
+    check_module(split, "split")
+    check_number(tau, "tau", low=0.0, high=1.0)
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ArgumentTypeError("images and labels must be tensors (the held-out data)")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0] or labels.is_floating_point():
+        raise InvalidArgumentError(
+            f"labels must be integer class indices of shape ({images.shape[0]},), got "
+            f"{labels.dtype} {tuple(labels.shape)}"
+        )
     kind = layer_kind(resolve_layer(original, layer))
     split_layer = get_split_layer(split, layer)
+    check_int(unit, "unit", low=0, high=split_layer.original_out - 1)
     device = split_layer.subunits.weight.device
     images, labels = images.to(device), labels.to(device)
     with eval_mode(original, split):

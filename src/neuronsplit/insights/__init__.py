@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..attribution import SubunitRef
 from ..errors import InvalidTargetError, MissingExtraError
 from ..nn import iter_split_layers
@@ -284,8 +285,7 @@ def make_visualizer(
             f"labels must be an integer tensor of shape ({len(images)},), got dtype "
             f"{labels.dtype} and shape {tuple(labels.shape)}"
         )
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int(batch_size, "batch_size", low=1)
     classes = list(DIGIT_CLASSES if classes is None else classes)
     with torch.no_grad():
         n_out = int(split(images[:1]).reshape(1, -1).shape[1])

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..attribution import SubunitRef, resolve_subunit, subunit_refs
-from ..errors import PlanError
+from ..errors import InvalidArgumentError, PlanError
 from ..nn import iter_split_layers
 
 __all__ = ["UNIT_CHOICE", "InsightsRegistration", "register_method"]
@@ -123,7 +123,7 @@ def register_method(
     from ..attribution import Disentangle
 
     if name in config.ATTRIBUTION_NAMES_TO_METHODS or name in config.ATTRIBUTION_METHOD_CONFIG:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"an Insights method named {name!r} is already registered; remove it first "
             "(registration.remove()) or pass another name="
         )

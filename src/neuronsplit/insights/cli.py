@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._checks import int_in
 from ..plan import SplitPlan
 from . import make_visualizer, serve
 
@@ -34,7 +35,9 @@ def add_insights_parser(subparsers: Any) -> argparse.ArgumentParser:
         "registered next to Captum's own methods.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument(
+        "--port", type=int_in(0, 65535), default=0, help="port (default 0: a free one)"
+    )
     parser.add_argument("--cache", default=None, help="model cache dir")
     parser.add_argument(
         "--plan", default=None, help="plan JSON file (default: neuronsplit.demo.demo_plan)"

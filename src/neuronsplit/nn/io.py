@@ -18,6 +18,7 @@ from torch import nn
 
 from .._files import sha256_file, staged
 from ..errors import (
+    ArgumentTypeError,
     CorruptFileError,
     PlanError,
     PlanMismatchError,
@@ -122,13 +123,15 @@ def save(
     from .. import __version__
 
     if not isinstance(split_model, nn.Module):
-        raise TypeError(f"split_model must be an nn.Module, got {type(split_model).__name__}")
+        raise ArgumentTypeError(
+            f"split_model must be a torch.nn.Module, got {type(split_model).__name__}"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     for key, value in split_model.state_dict().items():
         if not torch.is_tensor(value):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"state_dict entry {key!r} is a {type(value).__name__}; only tensors can be "
                 "saved to safetensors"
             )
@@ -261,7 +264,7 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
     from safetensors.torch import load_file
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     directory = Path(directory)
     plan_path, weights_path = directory / PLAN_FILE, directory / WEIGHTS_FILE
     for p in (plan_path, weights_path):

@@ -25,7 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnknownSubunitError
+from ..errors import (
+    ArgumentTypeError,
+    InputShapeError,
+    InvalidArgumentError,
+    UnknownSubunitError,
+)
 from ..plan.forms import normalise_form
 
 __all__ = ["IndexMerge", "RESIDUAL", "extra_rows"]
@@ -119,12 +124,12 @@ class IndexMerge(nn.Module):
     ) -> None:
         super().__init__()
         if dim >= 0:
-            raise ValueError(f"dim must be counted from the end (negative), got {dim}")
+            raise InvalidArgumentError(f"dim must be counted from the end (negative), got {dim}")
         form = normalise_form(form, "merge")
         units_t = torch.as_tensor(units, dtype=torch.long).flatten().cpu()
         ks = torch.as_tensor(num_subunits, dtype=torch.long).flatten().cpu()
         if units_t.shape != ks.shape:
-            raise ValueError("units and num_subunits must have the same length")
+            raise InvalidArgumentError("units and num_subunits must have the same length")
         self.original_out = int(original_out)
         self.dim = int(dim)
         self.form = form
@@ -213,7 +218,7 @@ class IndexMerge(nn.Module):
         """Merge ``inter`` (``C + E`` units on :attr:`dim`) into the original ``C`` units."""
         c, e = self.original_out, self.num_extra
         if inter.dim() < -self.dim or inter.shape[self.dim] != c + e:
-            raise ValueError(
+            raise InputShapeError(
                 f"IndexMerge expects {c + e} channels at dim {self.dim}, got shape "
                 f"{tuple(inter.shape)}"
             )
@@ -261,9 +266,18 @@ class IndexMerge(nn.Module):
         entry: dict[tuple[int, int], float] = {}
         for (unit, k), alpha in scales.items():
             self.channel(unit, k)  # validates
-            value = float(alpha)
+            try:  # ints, floats, numpy numbers and 0-d tensors; not bools or strings
+                if isinstance(alpha, (bool, str, bytes)):
+                    raise TypeError
+                value = float(alpha)
+            except (TypeError, ValueError):
+                raise ArgumentTypeError(
+                    f"scale of subunit ({unit}, {k}) must be a number, got {alpha!r}"
+                ) from None
             if not math.isfinite(value):
-                raise ValueError(f"scale of subunit ({unit}, {k}) must be finite, got {alpha!r}")
+                raise InvalidArgumentError(
+                    f"scale of subunit ({unit}, {k}) must be finite, got {alpha!r}"
+                )
             entry[(_as_int(unit), RESIDUAL if k == "residual" else _as_int(k))] = value
         token = object()
         self._stack.append((token, entry))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
 from ..capture import check_plain_forward, check_supported, layer_shape, unit_axis
-from ..errors import UnknownSubunitError
+from ..errors import UnknownSubunitError, UnsupportedLayerError
 from ..plan import LayerSplit, UnitSplit
 from .merge import RESIDUAL, IndexMerge
 from .rows import build_rows
@@ -53,7 +53,7 @@ class _SplitLayer(nn.Module):
         if not isinstance(split, LayerSplit):
             split = LayerSplit.from_unit_splits(list(split))
         if not isinstance(layer, self._base):
-            raise TypeError(
+            raise UnsupportedLayerError(
                 f"{type(self).__name__} wraps a {self._base.__name__}, got {type(layer).__name__}"
             )
         name = split.layer

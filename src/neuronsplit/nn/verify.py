@@ -15,8 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_bool, check_module, check_number
 from ..capture import capture
-from ..errors import InputShapeError, MetaTensorError, NotExactError, PlanMismatchError
+from ..errors import (
+    ArgumentTypeError,
+    InputShapeError,
+    InvalidArgumentError,
+    MetaTensorError,
+    NotExactError,
+    PlanMismatchError,
+)
 from .report import DtypeResult, EquivalenceReport, LayerResult, UnitDiff, _key
 from .split_layer import explicit_rows
 from .surgery import iter_split_layers
@@ -38,8 +46,6 @@ DEFAULT_RTOL: dict[torch.dtype, float] = {
     torch.bfloat16: 5e-2,
 }
 
-_MODEL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
-
 
 def _no_meta(what: str, tensors: Iterable[Tensor]) -> None:
     if any(t.is_meta for t in tensors):
@@ -57,11 +63,11 @@ def _dtypes(dtype: Any) -> tuple[torch.dtype, ...]:
     out = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
     for d in out:
         if not isinstance(d, torch.dtype) or not d.is_floating_point:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"dtype must be a floating torch.dtype or a sequence of them, got {d!r}"
             )
     if not out:
-        raise TypeError("dtype must name at least one dtype")
+        raise InvalidArgumentError("dtype must name at least one dtype")
     return out
 
 
@@ -175,12 +181,14 @@ def _run_dtype(
             cap_s.clear()
             try:
                 y_o = orig(*args)
-            except _MODEL_ERRORS as err:
+            except Exception as err:
+                # the user's model raised: its error passes through unchanged, with a note
                 shapes = [tuple(a.shape) for a in args]
-                raise InputShapeError(
-                    f"the original {type(original).__name__} failed on batch {i} with input "
-                    f"shape(s) {shapes}: {err}. Pass inputs the model accepts."
-                ) from err
+                err.add_note(
+                    f"neuronsplit.verify_equivalence: the original {type(original).__name__} "
+                    f"failed on batch {i} (input shapes {shapes}, {dtype}); pass inputs it accepts"
+                )
+                raise
             y_s = new(*args)
             n_batches += 1
             d_abs, ref = _compare(_leaves(y_o), _leaves(y_s))
@@ -277,8 +285,11 @@ def verify_equivalence(
 
     Raises
     ------
+    Exception
+        Whatever the original model raises on ``inputs`` passes through unchanged, with a note
+        naming the batch and its shapes.
     InputShapeError
-        If the original model cannot run on ``inputs`` (its error is chained).
+        If ``inputs`` is not a tensor, a tuple of tensors or an iterable of batches.
     MetaTensorError
         If a model or an input is on the ``meta`` device (shapes only, no values to compare).
     NotExactError
@@ -293,8 +304,14 @@ def verify_equivalence(
     >>> verify_equivalence(m, s, [torch.randn(2, 3, 8, 8)], dtype=torch.float64).passed
     True
     """
-    if not isinstance(original, nn.Module) or not isinstance(split, nn.Module):
-        raise TypeError("original and split must be nn.Module instances")
+    check_module(original, "original")
+    check_module(split, "split")
+    if atol is not None:
+        check_number(atol, "atol", low=0.0)
+    if rtol is not None:
+        check_number(rtol, "rtol", low=0.0)
+    check_bool(raise_on_fail, "raise_on_fail")
+    check_bool(allow_unused, "allow_unused")
     for what, model in (("the original model", original), ("the split model", split)):
         _no_meta(what, (*model.parameters(), *model.buffers()))
     dtypes = _dtypes(dtype)

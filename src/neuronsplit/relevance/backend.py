@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import unit_sum
+from ..errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["RelevanceBackend", "GradXAct", "get_backend", "per_unit"]
 
@@ -120,7 +121,7 @@ def get_backend(relevance: Any) -> RelevanceBackend:
     if isinstance(relevance, str):
         if relevance == "grad_x_act":
             return GradXAct()
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown relevance {relevance!r}; use 'grad_x_act' or ns.Zennit(composite), e.g. "
             "ns.Zennit(zennit.composites.EpsilonPlusFlat())"
         )
@@ -130,7 +131,7 @@ def get_backend(relevance: Any) -> RelevanceBackend:
 
     if isinstance(relevance, Composite):
         return Zennit(relevance)
-    raise ValueError(
+    raise ArgumentTypeError(
         f"relevance must be 'grad_x_act', a zennit Composite or neuronsplit.Zennit(...), got "
         f"{type(relevance).__name__}"
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import atomic_write
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, MissingFileError
 from .layer import LayerStats
 from .result import ScanResult
 from .statistics import STATISTIC_TYPES, ClassCounts, Statistic
@@ -76,7 +76,7 @@ def load_scan(path: str | os.PathLike) -> ScanResult:
 
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"scan file {path!r} does not exist")
+        raise MissingFileError(f"scan file {path!r} does not exist")
     try:
         with safe_open(path, framework="pt") as handle:
             header = json.loads((handle.metadata() or {})["neuronsplit"])

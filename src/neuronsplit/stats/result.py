@@ -19,7 +19,12 @@ import torch
 from torch import Tensor
 
 from ..capture import contributions_from_taps
-from ..errors import EmptyClassError, IncompatibleResultsError, UnknownLayerError
+from ..errors import (
+    EmptyClassError,
+    IncompatibleResultsError,
+    InvalidArgumentError,
+    UnknownLayerError,
+)
 from .layer import DEFAULT_TAU_GRID, LayerStats, layout
 from .statistics import ClassCounts, reduce_on
 
@@ -143,7 +148,7 @@ class ScanResult:
         """ARV of each class set: the image-weighted mean over its classes ``(len(concepts), J)``."""
         stats = self.layer(layer)
         if not 0 <= unit < stats.num_units:
-            raise IndexError(
+            raise InvalidArgumentError(
                 f"unit {unit} out of range for layer {layer!r} ({stats.num_units} units)"
             )
         taps, counts = [], []
@@ -276,14 +281,14 @@ class ScanResult:
         for i, grid_tau in enumerate(self.tau_grid):
             if math.isclose(grid_tau, tau, rel_tol=1e-9, abs_tol=1e-12):
                 return i
-        raise ValueError(
+        raise InvalidArgumentError(
             f"tau={tau} is not on this scan's tau grid {list(self.tau_grid)}; re-scan with "
             f"scan(..., tau_grid=[..., {tau}]) to count importance at that threshold."
         )
 
     def _class_count(self, cls: int) -> int:
         if not 0 <= cls < self.num_classes:
-            raise IndexError(f"class {cls} out of range [0, {self.num_classes})")
+            raise InvalidArgumentError(f"class {cls} out of range [0, {self.num_classes})")
         n = int(self.class_counts[cls])
         if n == 0:
             raise EmptyClassError(

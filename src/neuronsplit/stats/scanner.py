@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._checks import check_bool, check_choice, check_int, check_module, check_names, check_number
 from .._progress import progress_bar
 from ..capture import (
     capture,
@@ -30,7 +31,14 @@ from ..capture import (
     resolve_layer,
     tap_sums,
 )
-from ..errors import IncompatibleResultsError, InputShapeError, InvalidTargetError, NonFiniteError
+from ..errors import (
+    ArgumentTypeError,
+    IncompatibleResultsError,
+    InputShapeError,
+    InvalidArgumentError,
+    InvalidTargetError,
+    NonFiniteError,
+)
 from ..relevance import RelevanceBackend, get_backend, per_unit
 from .batches import split_batch, targets_of
 from .layer import DEFAULT_TAU_GRID, LayerStats
@@ -111,23 +119,31 @@ class _Accumulator:
 
 
 def _check_arguments(
-    model: nn.Module, names: list[str], target: str, taus: tuple[float, ...], num_classes: Any,
-    top_n: int,
-) -> None:  # fmt: skip
-    if not names:
-        raise ValueError("layers is empty; name at least one Conv2d/Linear layer, e.g. ['fc2']")
-    if len(set(names)) != len(names):
-        raise ValueError(f"layers lists a name twice: {names}")
-    for name in names:  # fail fast, before any computation
+    model: Any, layers: Any, target: Any, tau_grid: Any, num_classes: Any, top_n: Any,
+    max_batches: Any, progress: Any, shard: Any, sample_offset: Any,
+) -> tuple[list[str], tuple[float, ...]]:  # fmt: skip
+    """Every argument of :func:`scan`, checked before any computation."""
+    check_module(model, "model")
+    names = check_names(layers, "layers", example="'layer4.2.conv3'")
+    for name in names:
         check_supported(resolve_layer(model, name), name)
-    if target not in ("label", "prediction"):
-        raise ValueError(f"target must be 'label' or 'prediction', got {target!r}")
-    if not taus or any(not 0.0 < t <= 1.0 for t in taus):
-        raise ValueError(f"tau_grid must hold thresholds in (0, 1], got {list(taus)}")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
-        raise ValueError(f"top_n must be an int >= 0 (0 keeps no samples), got {top_n!r}")
+    check_choice(target, "target", ("label", "prediction"))
+    if isinstance(tau_grid, (str, bytes)) or not isinstance(tau_grid, Iterable):
+        raise ArgumentTypeError(f"tau_grid must be a sequence of thresholds, got {tau_grid!r}")
+    taus = tuple(
+        check_number(t, "tau_grid entry", low=0.0, high=1.0, low_open=True) for t in tau_grid
+    )
+    if not taus or len(set(taus)) != len(taus):
+        raise InvalidArgumentError(
+            f"tau_grid must hold distinct thresholds in (0, 1], got {list(taus)}"
+        )
+    check_int(num_classes, "num_classes", low=1, optional=True)
+    check_int(top_n, "top_n (0 keeps no samples)", low=0)
+    check_int(max_batches, "max_batches", low=1, optional=True)
+    check_bool(progress, "progress")
+    check_bool(shard, "shard")
+    check_int(sample_offset, "sample_offset", low=0)
+    return names, taus
 
 
 def scan(
@@ -205,9 +221,10 @@ def scan(
     >>> res.num_samples, res.layer("fc2").num_units
     (397, 6)
     """
-    names = [layers] if isinstance(layers, str) else list(layers)
-    taus = tuple(float(t) for t in tau_grid)
-    _check_arguments(model, names, target, taus, num_classes, top_n)
+    names, taus = _check_arguments(
+        model, layers, target, tau_grid, num_classes, top_n, max_batches, progress, shard,
+        sample_offset,
+    )  # fmt: skip
     backend = get_backend(relevance)
     if device is None:
         param = next(model.parameters(), None)

@@ -33,7 +33,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from ..errors import IncompatibleResultsError
+from ..errors import DistributedError, IncompatibleResultsError, InputShapeError
 
 __all__ = [
     "Shard",
@@ -62,7 +62,7 @@ def require_process_group() -> None:
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
+        raise DistributedError(
             "all_reduce needs an initialised torch.distributed process group; call "
             "torch.distributed.init_process_group first (torchrun sets up the environment), or "
             "merge() results by hand."
@@ -94,7 +94,10 @@ def batch_size_of(batch: Any) -> int:
         first = first[0]
     if isinstance(first, torch.Tensor) and first.dim() > 0:
         return int(first.shape[0])
-    raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}")
+    raise InputShapeError(
+        f"cannot tell the batch size of a {type(batch).__name__}; the loader must yield "
+        "tensors or (inputs, labels) pairs"
+    )
 
 
 def _is_map_style(loader: Any) -> bool:
@@ -234,7 +237,7 @@ def sync_failure(shard: Shard, failed: bool, device: torch.device) -> None:
     flag = torch.tensor([1 if failed else 0], dtype=torch.int64, device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=shard.group)
     if int(flag.item()) and not failed:
-        raise RuntimeError(
+        raise DistributedError(
             "the scan failed on another process (see its traceback); this process stops too"
         )
 

@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..errors import InvalidArgumentError
+
 __all__ = [
     "LayerBatch",
     "Statistic",
@@ -268,7 +270,7 @@ class TopN(Statistic):
 
     def __init__(self, *, values: Tensor, index: Tensor, position: Tensor, by: str) -> None:
         if by not in ("activation", "relevance"):
-            raise ValueError(f"TopN by must be 'activation' or 'relevance', got {by!r}")
+            raise InvalidArgumentError(f"TopN by must be 'activation' or 'relevance', got {by!r}")
         super().__init__(values=values, index=index, position=position)
         self.by = by
 

@@ -1,0 +1,161 @@
+"""Every public function checks its arguments up front: a typed NeuronSplitError (which also
+derives from the matching built-in) whose message names the value; a test walks each function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import neuronsplit as ns
+from neuronsplit.cli import main as cli_main
+from neuronsplit.errors import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    MissingFileError,
+    NeuronSplitError,
+    UnknownLayerError,
+)
+from neuronsplit.plan import UnitSplit
+
+DT = torch.float64
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).to(DT).eval()
+
+
+def _loader() -> DataLoader:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 4, generator=gen, dtype=DT)
+    return DataLoader(TensorDataset(x, torch.arange(24) % 3), batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def world() -> dict[str, Any]:
+    model = _model()
+    res = ns.scan(model, _loader(), ["0"], 3, progress=False)
+    plan = ns.SplitPlan([UnitSplit("0", 1, [[0, 1], [2]], shared=[3])])
+    split = ns.apply_plan(model, plan)
+    unit = ns.find_polysemantic(res, gamma=1.0, include_negative=True, p=0.01, tau=0.01)[0]
+    return {"model": model, "res": res, "plan": plan, "split": split, "unit": unit}
+
+
+Call = Callable[[dict[str, Any]], Any]
+
+#: (name, call with the bad argument, error type, message pattern)
+CASES: list[tuple[str, Call, type[Exception], str]] = [
+    # scan
+    ("scan layers empty", lambda w: ns.scan(w["model"], _loader(), []), InvalidArgumentError, "layers is empty"),
+    ("scan layers twice", lambda w: ns.scan(w["model"], _loader(), ["0", "0"]), InvalidArgumentError, r"lists \['0'\] twice"),
+    ("scan layer name", lambda w: ns.scan(w["model"], _loader(), ["9"]), UnknownLayerError, "no layer '9'"),
+    ("scan layer type", lambda w: ns.scan(w["model"], _loader(), [5]), ArgumentTypeError, "non-empty strings, got 5"),
+    ("scan model", lambda w: ns.scan("resnet50", _loader(), ["0"]), ArgumentTypeError, "model must be a torch.nn.Module, got str"),
+    ("scan target", lambda w: ns.scan(w["model"], _loader(), ["0"], target="logit"), InvalidArgumentError, "target must be one of 'label', 'prediction'; got 'logit'"),
+    ("scan tau_grid", lambda w: ns.scan(w["model"], _loader(), ["0"], tau_grid=[0.0]), InvalidArgumentError, r"tau_grid entry must be in \(0, 1\], got 0.0"),
+    ("scan tau_grid dup", lambda w: ns.scan(w["model"], _loader(), ["0"], tau_grid=[0.1, 0.1]), InvalidArgumentError, "distinct"),
+    ("scan num_classes", lambda w: ns.scan(w["model"], _loader(), ["0"], 0), InvalidArgumentError, "num_classes must be >= 1, got 0"),
+    ("scan top_n", lambda w: ns.scan(w["model"], _loader(), ["0"], top_n=-1), InvalidArgumentError, r"top_n .* must be >= 0, got -1"),
+    ("scan max_batches", lambda w: ns.scan(w["model"], _loader(), ["0"], max_batches=0), InvalidArgumentError, "max_batches must be >= 1, got 0"),
+    ("scan max_batches type", lambda w: ns.scan(w["model"], _loader(), ["0"], max_batches=1.5), ArgumentTypeError, "max_batches must be an int, got float 1.5"),
+    ("scan progress", lambda w: ns.scan(w["model"], _loader(), ["0"], progress="yes"), ArgumentTypeError, "progress must be True or False"),
+    ("scan sample_offset", lambda w: ns.scan(w["model"], _loader(), ["0"], sample_offset=-2), InvalidArgumentError, "sample_offset must be >= 0"),
+    # detection
+    ("detect result", lambda w: ns.find_polysemantic("scan.safetensors"), ArgumentTypeError, "needs a ScanResult"),
+    ("detect tau", lambda w: ns.find_polysemantic(w["res"], tau=1.5), InvalidArgumentError, r"tau must be in \(0, 1\], got 1.5"),
+    ("detect p", lambda w: ns.find_polysemantic(w["res"], p=0), InvalidArgumentError, r"p must be in \(0, 1\], got 0.0"),
+    ("detect gamma", lambda w: ns.find_polysemantic(w["res"], gamma=2), InvalidArgumentError, r"gamma must be in \[-1, 1\], got 2.0"),
+    ("detect cos_low", lambda w: ns.find_polysemantic(w["res"], cos_low=0.6, gamma=0.5), InvalidArgumentError, "cos_low=0.6 is not below gamma=0.5"),
+    ("detect layers", lambda w: ns.find_polysemantic(w["res"], layers=["0", "0"]), InvalidArgumentError, "twice"),
+    ("detect unknown layer", lambda w: ns.find_polysemantic(w["res"], layers=["2"]), UnknownLayerError, "was not scanned"),
+    ("detect classes", lambda w: ns.find_polysemantic(w["res"], classes=[9]), InvalidArgumentError, "classes entry must be <= 2, got 9"),
+    ("detect off-grid tau", lambda w: ns.find_polysemantic(w["res"], tau=0.04), InvalidArgumentError, "not on this scan's tau grid"),
+    # plan_split
+    ("plan unit", lambda w: ns.plan_split([], w["res"], rho=0.5), ArgumentTypeError, "needs a PolysemanticUnit"),
+    ("plan result", lambda w: ns.plan_split(w["unit"], None, rho=0.5), ArgumentTypeError, "result must be the ScanResult"),
+    ("plan rho", lambda w: ns.plan_split(w["unit"], w["res"], rho=1.5), InvalidArgumentError, r"rho .* must be in \(0, 1\], got 1.5"),
+    ("plan rho auto", lambda w: ns.plan_split(w["unit"], w["res"]), InvalidArgumentError, "pass the training loader"),
+    ("plan merge", lambda w: ns.plan_split(w["unit"], w["res"], rho=0.5, merge="sum"), ns.PlanError, "merge must be one of"),
+    ("plan mode", lambda w: ns.plan_split(w["unit"], w["res"], rho=0.5, mode="abs"), InvalidArgumentError, "mode must be one of 'faithful', 'magnitude'"),
+    ("plan max_images", lambda w: ns.plan_split(w["unit"], w["res"], _loader(), model=w["model"], max_images=0), InvalidArgumentError, "max_images must be >= 1"),
+    ("plan model", lambda w: ns.plan_split(w["unit"], w["res"], _loader(), model="m"), ArgumentTypeError, "model must be a torch.nn.Module"),
+    # apply, verify, files
+    ("apply model", lambda w: ns.apply_plan("m", w["plan"]), ArgumentTypeError, "model must be a torch.nn.Module"),
+    ("apply plan", lambda w: ns.apply_plan(w["model"], {"0": 1}), ArgumentTypeError, "plan must be a SplitPlan"),
+    ("verify split", lambda w: ns.verify_equivalence(w["model"], "s", torch.rand(2, 4)), ArgumentTypeError, "split must be a torch.nn.Module"),
+    ("verify atol", lambda w: ns.verify_equivalence(w["model"], w["split"], torch.rand(2, 4), atol=-1), InvalidArgumentError, r"atol must be in \[0, inf\)"),
+    ("verify dtype", lambda w: ns.verify_equivalence(w["model"], w["split"], torch.rand(2, 4), dtype=torch.int64), ArgumentTypeError, "floating torch.dtype"),
+    ("verify flag", lambda w: ns.verify_equivalence(w["model"], w["split"], torch.rand(2, 4), allow_unused=1), ArgumentTypeError, "allow_unused must be True or False"),
+    ("save model", lambda w: ns.save("s", "/tmp/x"), ArgumentTypeError, "split_model must be a torch.nn.Module"),
+    ("load model", lambda w: ns.load("/tmp/x", "m"), ArgumentTypeError, "model must be a torch.nn.Module"),
+    # attribution
+    ("disentangle model", lambda w: ns.Disentangle("m"), ArgumentTypeError, "Disentangle needs an nn.Module"),
+    ("disentangle plan", lambda w: ns.Disentangle(w["model"], {"0": 1}), ArgumentTypeError, "plan must be a SplitPlan"),
+    ("selector token", lambda w: ns.subunit_selector(w["split"], ("0", 1, 1), token=0), InvalidArgumentError, "token=0 needs a token output"),
+    ("selector ndim", lambda w: ns.subunit_selector(w["split"], ("0", 1, 1), ndim=1), InvalidArgumentError, "ndim must be >= 2"),
+    ("merge scale", lambda w: w["split"][0].merge.scaled({(1, 1): float("nan")}).__enter__(), InvalidArgumentError, "must be finite, got nan"),
+    ("merge scale type", lambda w: w["split"][0].merge.scaled({(1, 1): "x"}).__enter__(), ArgumentTypeError, "must be a number, got 'x'"),
+    ("fractions tau", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]], tau=2), InvalidArgumentError, r"tau must be in \[0, 1\]"),
+    ("fractions labels", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0.0, 1, 2]), [[0], [1]]), InvalidArgumentError, "labels must be integer class indices"),
+    ("fractions unit", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 9, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]]), InvalidArgumentError, "unit must be <= 5, got 9"),
+    # loading, demo
+    ("timm name", lambda w: ns.load_timm_model(None), ArgumentTypeError, "timm model name"),
+    ("timm weights", lambda w: ns.load_timm_model("resnet18", weights="/nonexistent.safetensors"), MissingFileError, "/nonexistent.safetensors"),
+    ("image folder", lambda w: ns.image_folder_loader("/nonexistent-folder"), MissingFileError, "/nonexistent-folder"),
+    ("image folder batch", lambda w: ns.image_folder_loader("/tmp", batch_size=0), InvalidArgumentError, "batch_size must be >= 1"),
+    ("demo top", lambda w: __import__("neuronsplit.demo").demo.run_demo("/tmp/x", top=0), InvalidArgumentError, "top .* must be >= 1, got 0"),
+    ("demo gamma", lambda w: __import__("neuronsplit.demo").demo.run_demo("/tmp/x", gamma=3), InvalidArgumentError, r"gamma must be in \[-1, 1\]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "call", "error", "pattern"), CASES, ids=[c[0] for c in CASES])
+def test_argument_checks(
+    world: dict[str, Any], name: str, call: Call, error: type[Exception], pattern: str
+) -> None:
+    with pytest.raises(error, match=pattern) as info:
+        call(world)
+    assert isinstance(info.value, NeuronSplitError), f"{name}: {type(info.value).__mro__}"
+    # every neuronsplit error is also the built-in a caller would expect
+    builtins = (ValueError, TypeError, LookupError, OSError, RuntimeError, FloatingPointError)
+    assert isinstance(info.value, builtins)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--top", "0"], "argument --top: 0 is not >= 1"),
+        (["demo", "--top", "-1"], "argument --top: -1 is not >= 1"),
+        (["demo", "--tau", "0"], r"argument --tau: 0.0 is not in \(0, 1\]"),
+        (["demo", "--p", "1.5"], r"argument --p: 1.5 is not in \(0, 1\]"),
+        (["demo", "--gamma", "2"], r"argument --gamma: 2.0 is not in \[-1, 1\]"),
+        (["demo", "--top", "two"], "argument --top: 'two' is not an integer"),
+        (["insights", "--port", "70000"], r"argument --port: 70000 is not in \[0, 65535\]"),
+    ],
+)
+def test_cli_options_are_checked(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(argv)
+    assert info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_cli_options_have_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, words in {
+        "--top": "units to split",
+        "--tau": "importance threshold",
+        "--p": "share of a class's images",
+        "--gamma": "ARV cosine below which",
+    }.items():
+        assert re.search(rf"{option} \S+ {words}", text), option
