@@ -140,3 +140,22 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
             elif type(m).__name__ == "LayerScale":
                 m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) + 0.5)
     return model
+
+
+def planted_unit(n: int = 64) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A float64 model whose unit 0 of ``fc`` reads inputs 0-3 for class 0 and inputs 4-7 for
+    class 1 (nothing shared): the planted two-concept unit of the rho and dtype tests."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.zeros(2 * n, 8, dtype=torch.float64)
+    x[:n, :4] = 0.5 + torch.rand(n, 4, generator=gen, dtype=torch.float64)
+    x[n:, 4:] = 0.5 + torch.rand(n, 4, generator=gen, dtype=torch.float64)
+    y = torch.cat([torch.zeros(n), torch.ones(n)]).long()
+    model = nn.Sequential()
+    model.add_module("fc", nn.Linear(8, 2, bias=False))
+    model.add_module("act", nn.ReLU())
+    model.add_module("head", nn.Linear(2, 2, bias=False))
+    model = model.double()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[1.0] * 8, [0.1, -0.2, 0.3, 0.1, -0.1, 0.2, 0.1, 0.3]]))
+        model.head.weight.copy_(torch.tensor([[1.0, 0.05], [1.0, -0.05]]))
+    return model.eval(), x, y

@@ -159,3 +159,9 @@ def test_cli_options_have_help(capsys: pytest.CaptureFixture[str]) -> None:
         "--gamma": "ARV cosine below which",
     }.items():
         assert re.search(rf"{option} \S+ {words}", text), option
+
+
+def test_plan_split_refuses_a_model_other_than_the_scanned_one(world: dict[str, Any]) -> None:
+    other = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).to(DT)
+    with pytest.raises(ns.PlanMismatchError, match=r"6 units x 5 inputs, the scanned one 6 x 4"):
+        ns.plan_split(world["unit"], world["res"], _loader(), model=other, gamma=1.0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import neuronsplit as ns
+from helpers import planted_unit
 from neuronsplit.methods.hesse import RHO_GRID, rho_partition, subunit_score
 
 
@@ -105,19 +105,7 @@ def test_score_is_mean_ratio_per_concept() -> None:
 # --------------------------------------------------------------------------- planted unit
 def planted_setup(n: int = 64):
     """Unit 0 of `fc` sees inputs 0-3 for class 0 and inputs 4-7 for class 1 (nothing shared)."""
-    gen = torch.Generator().manual_seed(3)
-    x = torch.zeros(2 * n, 8, dtype=torch.float64)
-    x[:n, :4] = 0.5 + torch.rand(n, 4, generator=gen, dtype=torch.float64)
-    x[n:, 4:] = 0.5 + torch.rand(n, 4, generator=gen, dtype=torch.float64)
-    y = torch.cat([torch.zeros(n), torch.ones(n)]).long()
-    model = nn.Sequential()
-    model.add_module("fc", nn.Linear(8, 2, bias=False))
-    model.add_module("act", nn.ReLU())
-    model.add_module("head", nn.Linear(2, 2, bias=False))
-    model = model.double()
-    with torch.no_grad():
-        model.fc.weight.copy_(torch.tensor([[1.0] * 8, [0.1, -0.2, 0.3, 0.1, -0.1, 0.2, 0.1, 0.3]]))
-        model.head.weight.copy_(torch.tensor([[1.0, 0.05], [1.0, -0.05]]))
+    model, x, y = planted_unit(n)
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
     return model.eval(), loader, x, y
 

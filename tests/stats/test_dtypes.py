@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import neuronsplit as ns
+from helpers import planted_unit
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 IDS = [str(d).removeprefix("torch.") for d in DTYPES]
@@ -31,19 +32,7 @@ STAT_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, tor
 
 def _planted(n: int = 48) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Unit 0 of ``fc`` reads inputs 0-3 for class 0 and 4-7 for class 1 (as in test_rho)."""
-    gen = torch.Generator().manual_seed(3)
-    x = torch.zeros(2 * n, 8, dtype=torch.float64)
-    x[:n, :4] = 0.5 + torch.rand(n, 4, generator=gen, dtype=torch.float64)
-    x[n:, 4:] = 0.5 + torch.rand(n, 4, generator=gen, dtype=torch.float64)
-    y = torch.cat([torch.zeros(n), torch.ones(n)]).long()
-    model = nn.Sequential()
-    model.add_module("fc", nn.Linear(8, 2, bias=False))
-    model.add_module("act", nn.ReLU())
-    model.add_module("head", nn.Linear(2, 2, bias=False))
-    with torch.no_grad():
-        model.fc.weight.copy_(torch.tensor([[1.0] * 8, [0.1, -0.2, 0.3, 0.1, -0.1, 0.2, 0.1, 0.3]]))
-        model.head.weight.copy_(torch.tensor([[1.0, 0.05], [1.0, -0.05]]))
-    return model.double().eval(), x, y
+    return planted_unit(n)
 
 
 def _loader(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> DataLoader:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_module
 from .._files import sha256_file, staged
 from ..errors import (
     ArgumentTypeError,
@@ -122,10 +123,7 @@ def save(
 
     from .. import __version__
 
-    if not isinstance(split_model, nn.Module):
-        raise ArgumentTypeError(
-            f"split_model must be a torch.nn.Module, got {type(split_model).__name__}"
-        )
+    check_module(split_model, "split_model")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -263,8 +261,7 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
     """
     from safetensors.torch import load_file
 
-    if not isinstance(model, nn.Module):
-        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model, "model")
     directory = Path(directory)
     plan_path, weights_path = directory / PLAN_FILE, directory / WEIGHTS_FILE
     for p in (plan_path, weights_path):

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..._checks import check_bool, check_choice, check_int, check_module, check_number
-from ...capture import check_supported, resolve_layer
-from ...errors import ArgumentTypeError, InvalidArgumentError
+from ...capture import check_supported, layer_shape, resolve_layer
+from ...errors import ArgumentTypeError, InvalidArgumentError, PlanMismatchError
 from ...plan import LayerSplit, SplitPlan
 from ...plan.forms import normalise_form
 from ...stats import ScanResult
@@ -123,7 +123,14 @@ def plan_split(
     scores: dict[tuple[str, int], list[tuple[float, float]]] = {}
     if rho == "auto":
         for layer, layer_items in items.items():
-            check_supported(resolve_layer(model, layer), layer)  # type: ignore[arg-type]
+            module = check_supported(resolve_layer(model, layer), layer)  # type: ignore[arg-type]
+            scanned = tuple(result.layer(layer).weight.shape[:2])
+            if layer_shape(module) != scanned:
+                raise PlanMismatchError(
+                    f"layer {layer!r} of the given model has {layer_shape(module)[0]} units x "
+                    f"{layer_shape(module)[1]} inputs, the scanned one {scanned[0]} x "
+                    f"{scanned[1]}; pass the model that was scanned"
+                )
             per_unit = score_units(
                 model,
                 loader,
