@@ -1,10 +1,11 @@
 """Every benchmark, one table: ``python benchmarks/run_all.py [--quick]``.
 
-Runs ``scan_throughput.py``, ``split_overhead.py`` and ``plan_scale.py`` one after the other
-(each prints its own details) and then one table of every figure with its target. Each ratio
-is measured against a baseline in the same run, in interleaved rounds: the machines are noisy,
-so read ratios, not absolute times. ``--quick`` uses fewer rounds (a smoke run, not a
-measurement to report).
+Runs ``scan_throughput.py``, ``split_overhead.py``, ``plan_scale.py`` and
+``lrp_faithfulness.py`` one after the other (each prints its own details) and then one table of
+every figure with its target. Each ratio is measured against a baseline in the same run, in
+interleaved rounds: the machines are noisy, so read ratios, not absolute times. ``--quick`` uses
+fewer rounds (and fewer test digits for the pixel flipping): a smoke run, not a measurement to
+report.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "scan_throughput.py": (["--repeats", "5"], ["--repeats", "1", "--batches", "1"]),
     "split_overhead.py": (["--repeats", "15"], ["--repeats", "2", "--batch", "2"]),
     "plan_scale.py": (["--rounds", "8"], ["--rounds", "1"]),
+    "lrp_faithfulness.py": (["--rounds", "15"], ["--images", "64", "--rounds", "3"]),
 }
 
 

@@ -54,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "SubunitRef": "attribution",
     "subunit_layer": "attribution",
     "subunit_selector": "attribution",
+    "ZennitAttribution": "attribution",
+    "LayerZennitAttribution": "attribution",
     # loading models and data
     "load_timm_model": "loading",
     "image_folder_loader": "loading",
@@ -77,6 +79,7 @@ _EXPORTS: dict[str, str] = {
     "MissingFileError": "errors",
     "DistributedError": "errors",
     "MetaTensorError": "errors",
+    "UnsupportedModelError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -26,6 +26,7 @@ __all__ = [
     "MissingFileError",
     "DistributedError",
     "MetaTensorError",
+    "UnsupportedModelError",
 ]
 
 
@@ -104,3 +105,8 @@ class DistributedError(NeuronSplitError, RuntimeError):
 class MetaTensorError(NeuronSplitError, ValueError):
     """A model or input on the ``meta`` device where values are needed (meta tensors have
     shapes only: plan and apply on meta, then load the weights before running)."""
+
+
+class UnsupportedModelError(NeuronSplitError, TypeError):
+    """A model of no family that :meth:`neuronsplit.Zennit.for_model` knows; the message lists
+    the supported families and shows how to pass a composite and canonizers by hand."""

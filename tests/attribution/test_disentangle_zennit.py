@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from zennit.composites import EpsilonPlusFlat, LayerMapComposite
-from zennit.rules import Epsilon, Norm, Pass
+from zennit.rules import Epsilon, Flat, Pass
 from zennit.types import Activation, Linear
 
 from attribution_models import CASES, conv_model, conv_plan, inputs, mlp_model, mlp_plan
 from neuronsplit import Disentangle, Zennit
 from neuronsplit.nn import IndexMerge, apply_plan
+from neuronsplit.relevance import SplitRule
 
 
 def _epsilon_composite(eps: float = 1e-13) -> LayerMapComposite:
@@ -77,36 +78,45 @@ def test_plain_gradients_through_the_merge_would_not_conserve() -> None:
     torch.testing.assert_close(res.relevance.sum(1), res.unit_relevance, rtol=1e-6, atol=1e-12)
 
 
-def _rules(module: torch.nn.Module) -> set[type]:
-    """Types of the Zennit rules whose hooks sit on ``module``."""
-    return {type(h.__self__) for h in module._forward_hooks.values() if hasattr(h, "__self__")}
-
-
 @pytest.mark.parametrize("merge", ["disjoint", "overlap"])
-def test_norm_rule_on_the_merges_only_during_the_call(merge: str) -> None:
+def test_split_rule_on_the_merges_only_during_the_call(merge: str) -> None:
+    """The merge and the rows carry the SplitRule pair (the composite's rule applied to the
+    original weight, relevance split in proportion to the rule's own contributions)."""
     split = apply_plan(conv_model(), conv_plan(merge))
     merges = [m for m in split.modules() if isinstance(m, IndexMerge)]
     assert len(merges) == 1
     seen: list[set[type]] = []
-    spy = merges[0].register_forward_hook(lambda m, i, o: seen.append(_rules(m)))
+    spy = merges[0].register_forward_hook(
+        lambda m, i, o: seen.append({type(h.__self__.owner) for h in _hooks(m)})
+    )
     try:
         dis = Disentangle(split, relevance=EpsilonPlusFlat())
         dis.attribute(inputs((2, 2, 8, 8)), target=0, subunit=("conv2", 4, 1))
     finally:
         spy.remove()
-    assert seen == [{Norm}]  # one forward pass, and the merge had Zennit's Norm rule
+    assert seen == [{SplitRule}]  # one forward pass, and the merge was ruled by the pair
     for name, module in split.named_modules():  # nothing left behind
         assert not module._forward_hooks and not module._forward_pre_hooks, name
         assert not module._backward_hooks and not module._backward_pre_hooks, name
     assert not any(hasattr(m, "canonizer_sum") for m in split.modules())
 
 
+def _hooks(module: torch.nn.Module) -> list:
+    return [
+        h for h in module._forward_hooks.values() if hasattr(getattr(h, "__self__", None), "owner")
+    ]
+
+
 def test_merge_epsilon_is_the_norm_rule_stabiliser() -> None:
-    """R_row = A_row * R_u / (z_u + eps): a huge merge_epsilon starves the subunits."""
+    """Where the split rule does not apply (a Flat rule on the rows), merges fall back to Norm:
+    R_row = A_row * R_u / (z_u + eps), so a huge merge_epsilon starves the subunits."""
     model, x = mlp_model(), inputs((3, 6))
-    composite = _epsilon_composite()
-    exact = Disentangle(model, mlp_plan(), relevance=Zennit(composite, merge_epsilon=1e-12))
-    damped = Disentangle(model, mlp_plan(), relevance=Zennit(composite, merge_epsilon=1e6))
+
+    def flat() -> LayerMapComposite:
+        return LayerMapComposite([(Activation, Pass()), (Linear, Flat())])
+
+    exact = Disentangle(model, mlp_plan(), relevance=Zennit(flat(), merge_epsilon=1e-12))
+    damped = Disentangle(model, mlp_plan(), relevance=Zennit(flat(), merge_epsilon=1e6))
     a = exact.attribute_unit(x, target=0, layer="fc2", unit=3)
     b = damped.attribute_unit(x, target=0, layer="fc2", unit=3)
     torch.testing.assert_close(b.unit_relevance, a.unit_relevance)  # the unit is unaffected

@@ -18,7 +18,7 @@ from zennit.composites import (
     EpsilonPlusFlat,
     LayerMapComposite,
 )
-from zennit.rules import Epsilon, Norm, Pass
+from zennit.rules import Epsilon, Pass
 from zennit.types import Convolution
 
 import neuronsplit as ns
@@ -259,16 +259,29 @@ def _no_hooks(model: nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("copy", [False, True])
-def test_zennit_session_gives_split_merges_the_norm_rule(copy: bool) -> None:
-    """The merge is a parameter-free linear map: the session gives it Zennit's Norm rule (no
-    composite rules IndexMerge) and removes every hook on exit."""
+def test_zennit_session_gives_split_layers_the_split_rule(copy: bool) -> None:
+    """The session pairs every split layer's rows and merge (SplitRule: the composite's rule on
+    the original weight, relevance split by the rule's own contributions), rules the other
+    Linears as the composite says, and removes every hook on exit."""
+    from neuronsplit.relevance import SplitRule
+
     split, merges = _split_cnn()
     backend = ns.Zennit(_epsilon_composite(1e-12), merge_epsilon=1e-7)
     with backend.session(split, copy=copy) as work:
         assert (work is split) is not copy
-        inside = [m for m in work.modules() if isinstance(m, IndexMerge)]
-        assert all(_rules(m) == {Norm} for m in inside)
-        assert all(_rules(m) == {Epsilon} for m in work.modules() if isinstance(m, nn.Linear))
+        for layer in (m for m in work.modules() if hasattr(m, "layer_split")):
+            for child in (layer.merge, layer.subunits):
+                owners = {
+                    type(getattr(h.__self__, "owner", None)) for h in child._forward_hooks.values()
+                }
+                assert owners == {SplitRule}, child
+        plain = [m for m in work.modules() if isinstance(m, nn.Linear)]
+        plain = [
+            m
+            for m in plain
+            if not any(m is s.subunits for s in work.modules() if hasattr(s, "layer_split"))
+        ]
+        assert plain and all(_rules(m) == {Epsilon} for m in plain)
         if copy:
             assert _no_hooks(split)  # the caller's model is never touched
     assert _no_hooks(split)
@@ -368,7 +381,7 @@ def test_scan_timm_resnet_with_canonizer_leaves_model_untouched() -> None:
     layers = ["layer1.0.conv1", "layer4.1.conv2"]
     res = ns.scan(model, [(x, labels)], layers, NUM_CLASSES, relevance=backend, progress=False)
 
-    assert res.relevance == "zennit:EpsilonPlusFlat[CompositeCanonizer]"
+    assert res.relevance == "zennit:EpsilonPlusFlat[TimmResNetCanonizer]"
     assert res.class_counts.tolist() == [0, 1, 0, 1, 0]
     assert res.layer("layer4.1.conv2").relevance_sum.shape == (NUM_CLASSES, 512)
     for layer in layers:

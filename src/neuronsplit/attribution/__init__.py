@@ -1,5 +1,6 @@
-"""Captum integration: subunits as neurons, and :class:`Disentangle`, the attribution of what
-flows through one subunit.
+"""Captum integration: subunits as neurons, :class:`Disentangle` (the attribution of what flows
+through one subunit) and Zennit LRP as Captum attributions (:class:`ZennitAttribution`,
+:class:`LayerZennitAttribution`).
 """
 
 from .disentangle import Disentangle, UnitAttribution
@@ -15,10 +16,13 @@ from .refs import (
     subunit_rows,
 )
 from .selectors import ChannelSumSelector, TokenSumSelector, subunit_selector
+from .zennit_attribution import LayerZennitAttribution, ZennitAttribution
 
 __all__ = [
     "Disentangle",
     "UnitAttribution",
+    "ZennitAttribution",
+    "LayerZennitAttribution",
     "SubunitRef",
     "SubunitLike",
     "RESIDUAL",

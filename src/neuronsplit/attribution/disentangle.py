@@ -21,9 +21,12 @@ overlap form) with a merge coefficient ``coef_s`` (1, or ``-(K-1)`` for an overl
   that bypass the split layer (zennit-crp's ``exclude_parallel``).
 * **Zennit** (``relevance=<zennit Composite>``): the same masked backward runs in Zennit's
   modified graph, seeded with the target logit (``y`` itself, so LRP-0 equals gradient x
-  input). The merge is a parameter-free linear map, so the Zennit backend gives it Zennit's
-  ``Norm`` rule: ``R_row = A_row / z_u * R_u``. Hooks and canonizers are registered only for
-  the duration of a call and removed in ``finally``.
+  input). The Zennit backend explains a split layer exactly as its original layer
+  (:class:`~neuronsplit.relevance.SplitRule`): the BatchNorm after it is folded into its rows
+  and the unit's relevance goes to each row in proportion to what the composite's rule gives
+  that row's inputs, so the rows of a unit add up to it and the input relevance equals the
+  unsplit model's. Hooks and canonizers are registered only for the duration of a call and
+  removed in ``finally``.
 * **Merge forms.** The rows are the disjoint parts ``t_k`` and ``r``. In the disjoint form a
   subunit is one row. In Hesse's overlap form subunit ``k`` is ``s_k = t_k + r`` (merge
   coefficient 1) and the residual ``r`` enters with ``-(K-1)``; its relevance and its masked
@@ -138,8 +141,8 @@ class Disentangle(GradientAttribution):
     relevance : "grad_x_act" or zennit Composite or RelevanceBackend, default "grad_x_act"
         Gradient x activation (seeded with 1 at the target, as Captum does) or Zennit LRP
         (seeded with the target logit, so LRP-0 reproduces gradient x activation); the same
-        objects ``neuronsplit.scan`` accepts. The ``Norm`` rule's stabiliser on the merges is
-        ``ns.Zennit(..., merge_epsilon=)``.
+        objects ``neuronsplit.scan`` and ``ns.ZennitAttribution`` accept; a bare composite gets
+        the model family's canonizers (``ns.Zennit.for_model``).
 
     Raises
     ------
@@ -171,7 +174,7 @@ class Disentangle(GradientAttribution):
         relevance: Any = "grad_x_act",
     ) -> None:
         split = _prepare_model(model, plan)
-        self.backend = get_backend(relevance)
+        self.backend = get_backend(relevance, model=split)
         GradientAttribution.__init__(self, split)
 
     @property

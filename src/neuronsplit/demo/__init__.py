@@ -1,6 +1,12 @@
 """The embedded demo: scikit-learn's digits, a small CNN trained in seconds, and the pipeline
-that scans, detects, splits, verifies and evaluates it (``neuronsplit demo``).
+that scans, detects, splits, verifies and evaluates it (``neuronsplit demo``); and a small timm
+ViT on the same digits (:mod:`neuronsplit.demo.vit`, imported on first use: it needs timm).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .data import DIGIT_CLASSES, DigitsData, digits_loader, load_digits
 from .model import (
@@ -12,6 +18,8 @@ from .model import (
     train_demo_model,
 )
 from .pipeline import demo_plan, format_table, run_demo
+
+_LAZY = ("DigitsViT", "VIT_CONFIG", "train_demo_vit", "get_demo_vit")
 
 __all__ = [
     "DIGIT_CLASSES",
@@ -27,4 +35,17 @@ __all__ = [
     "demo_plan",
     "format_table",
     "run_demo",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.vit"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -100,38 +100,56 @@ class GradXAct(RelevanceBackend):
         return activation * grad
 
 
-def get_backend(relevance: Any) -> RelevanceBackend:
-    """Turn ``"grad_x_act"``, a Zennit composite or a backend instance into a backend.
+def get_backend(relevance: Any, *, model: nn.Module | None = None) -> RelevanceBackend:
+    """Turn ``"grad_x_act"``, a Zennit composite, a backend or an attribution into a backend.
 
-    A bare Zennit ``Composite`` is wrapped as ``Zennit(composite)``. Every entry point that takes
-    a ``relevance=`` argument (scan, Disentangle) goes through this one function.
+    Every entry point that takes a ``relevance=`` argument (scan, Disentangle,
+    ZennitAttribution) goes through this one function, so they accept the same objects:
+
+    * a :class:`RelevanceBackend` (``GradXAct()``, ``Zennit(...)``, ``Zennit.for_model(m)``):
+      used as it is;
+    * ``"grad_x_act"``;
+    * a bare Zennit ``Composite``: ``Zennit.for_model(model, composite)`` (the model family's
+      canonizers) when ``model`` is given, else ``Zennit(composite)``;
+    * an attribution object that holds a backend (``ZennitAttribution``, ``Disentangle``):
+      its ``.backend``.
 
     Raises
     ------
-    ValueError
-        For an unknown string or type; the message lists the valid choices.
+    InvalidArgumentError
+        For an unknown string; the message lists the valid choices.
+    ArgumentTypeError
+        For any other type.
+    UnsupportedModelError
+        A bare composite with a ``model`` of no known family (see ``Zennit.for_model``).
 
     Examples
     --------
     >>> get_backend("grad_x_act").describe()
     'grad_x_act'
+    >>> from zennit.composites import EpsilonPlusFlat
+    >>> get_backend(EpsilonPlusFlat(), model=nn.Sequential(nn.Linear(2, 2))).describe()
+    'zennit:EpsilonPlusFlat'
     """
     if isinstance(relevance, RelevanceBackend):
         return relevance
+    held = getattr(relevance, "backend", None)
+    if isinstance(held, RelevanceBackend) and not isinstance(relevance, (str, nn.Module)):
+        return held
     if isinstance(relevance, str):
         if relevance == "grad_x_act":
             return GradXAct()
         raise InvalidArgumentError(
             f"unknown relevance {relevance!r}; use 'grad_x_act' or ns.Zennit(composite), e.g. "
-            "ns.Zennit(zennit.composites.EpsilonPlusFlat())"
+            "ns.Zennit(zennit.composites.EpsilonPlusFlat()), or ns.Zennit.for_model(model)"
         )
     from zennit.core import Composite
 
     from .zennit import Zennit
 
     if isinstance(relevance, Composite):
-        return Zennit(relevance)
+        return Zennit(relevance) if model is None else Zennit.for_model(model, relevance)
     raise ArgumentTypeError(
-        f"relevance must be 'grad_x_act', a zennit Composite or neuronsplit.Zennit(...), got "
-        f"{type(relevance).__name__}"
+        f"relevance must be 'grad_x_act', a zennit Composite, neuronsplit.Zennit(...) or an "
+        f"attribution holding one (ns.ZennitAttribution), got {type(relevance).__name__}"
     )

@@ -225,7 +225,7 @@ def scan(
         model, layers, target, tau_grid, num_classes, top_n, max_batches, progress, shard,
         sample_offset,
     )  # fmt: skip
-    backend = get_backend(relevance)
+    backend = get_backend(relevance, model=model)
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")

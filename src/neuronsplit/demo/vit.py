@@ -1,0 +1,182 @@
+"""The demo ViT: a four-block timm Vision Transformer on scikit-learn's digits.
+
+The 8x8 digits are cut into 16 patches of 2x2 pixels; with the class token that is 17 tokens of
+width 64 through four blocks of four heads (MLP ratio 2) and a linear head on the class token.
+It is a plain ``timm.models.vision_transformer.VisionTransformer`` (the subclass only fixes the
+constructor arguments), so everything that supports timm ViTs -- the AttnLRP composite of
+:mod:`neuronsplit.relevance.vit`, the scan, the split layers -- works on it unchanged. Trained
+with AdamW and a one-cycle schedule in about 10-25 s on one CPU thread, cached like the CNN
+(:func:`~neuronsplit.demo.get_demo_model`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch.nn import functional as F
+
+from .._checks import check_bool, check_int, check_number
+from .._files import atomic_write
+from .data import load_digits
+from .model import TrainResult, default_cache_dir
+
+__all__ = ["DigitsViT", "VIT_CONFIG", "train_demo_vit", "get_demo_vit"]
+
+#: the constructor arguments of :class:`DigitsViT` (timm ``VisionTransformer`` arguments)
+VIT_CONFIG: dict[str, object] = {
+    "img_size": 8,
+    "patch_size": 2,
+    "in_chans": 1,
+    "num_classes": 10,
+    "embed_dim": 64,
+    "depth": 4,
+    "num_heads": 4,
+    "mlp_ratio": 2.0,
+    "class_token": True,
+    "global_pool": "token",
+}
+_CACHE_NAME = "demo_digits_vit_v1.safetensors"
+#: one thread: the model is too small to gain from more, and on a busy 2-core machine two
+#: threads made a training step 10-20x slower (spinning threads waiting for each other)
+_TRAIN_THREADS = 1
+
+
+class DigitsViT(VisionTransformer):
+    """timm ``VisionTransformer`` for 1x8x8 digits: patch 2, width 64, depth 4, 4 heads.
+
+    Only the constructor differs from timm's class (the arguments are :data:`VIT_CONFIG`);
+    ``forward``, ``blocks[i].attn``, ``blocks[i].mlp.fc1`` etc. are timm's own.
+
+    Examples
+    --------
+    >>> vit = DigitsViT()
+    >>> tuple(vit(torch.zeros(2, 1, 8, 8)).shape), len(vit.blocks), vit.patch_embed.num_patches
+    ((2, 10), 4, 16)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(**VIT_CONFIG)  # type: ignore[arg-type]
+
+
+def train_demo_vit(
+    *,
+    epochs: int = 20,
+    lr: float = 2e-3,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> TrainResult:
+    """Train :class:`DigitsViT` on the digits training split (about 10-25 s on one core).
+
+    AdamW with a one-cycle learning-rate schedule (20 % warm-up) and gradient clipping at norm
+    1. Training runs on one torch thread (the previous thread count is restored afterwards), so
+    the result depends only on the arguments, not on the machine's core count or load.
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the 1400 training images (20 reach 0.95-0.97 test accuracy for seeds 0-2;
+        14 reach 0.91-0.95).
+    lr, weight_decay, batch_size : float, float, int
+        Peak learning rate, AdamW weight decay and batch size.
+    seed : int
+        Seeds initialisation and shuffling: the same seed gives bitwise the same weights.
+
+    Returns
+    -------
+    TrainResult
+        The model in eval mode, its accuracy on the 397 test images, and the training time.
+
+    Raises
+    ------
+    InvalidArgumentError, ArgumentTypeError
+        For a value out of range or of the wrong type (``epochs=0``, ``lr=-1``, ...).
+
+    Examples
+    --------
+    >>> result = train_demo_vit(epochs=1)
+    >>> type(result.model).__name__, 0.0 <= result.test_accuracy <= 1.0
+    ('DigitsViT', True)
+    """
+    epochs = check_int(epochs, "epochs", low=1)
+    lr = check_number(lr, "lr", low=0.0, low_open=True)
+    weight_decay = check_number(weight_decay, "weight_decay", low=0.0)
+    seed = check_int(seed, "seed")
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_TRAIN_THREADS)
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # the caller's global generator is untouched
+            torch.manual_seed(seed)
+            model = DigitsViT()
+        train, test = load_digits("train"), load_digits("test")
+        n = len(train)
+        steps = epochs * math.ceil(n / batch_size)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps, pct_start=0.2
+        )
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            for i in range(0, n, batch_size):
+                idx = order[i : i + batch_size]
+                loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                schedule.step()
+        model.eval()
+        with torch.no_grad():
+            acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
+    finally:
+        torch.set_num_threads(threads)
+    return TrainResult(model, acc, time.perf_counter() - start)  # type: ignore[arg-type]
+
+
+def get_demo_vit(cache_dir: str | os.PathLike | None = None, *, retrain: bool = False) -> DigitsViT:
+    """Return the trained demo ViT, training and caching it on first use.
+
+    Parameters
+    ----------
+    cache_dir : path-like, optional
+        Where the weights are cached (default :func:`~neuronsplit.demo.default_cache_dir`:
+        ``$NEURONSPLIT_CACHE`` or ``~/.cache/neuronsplit``), as ``demo_digits_vit_v1.safetensors``.
+    retrain : bool
+        Ignore the cache and train again (the cache is overwritten).
+
+    Returns
+    -------
+    DigitsViT
+        A fresh instance in eval mode (callers may modify it freely). A cache that cannot be
+        read (truncated, other tensors) is never trusted: the model is trained again and the
+        file rewritten (atomically, so parallel processes never read a half-written file).
+
+    Examples
+    --------
+    >>> vit = get_demo_vit()  # doctest: +SKIP
+    """
+    from safetensors.torch import load_file, save_file
+
+    check_bool(retrain, "retrain")
+    path = Path(cache_dir or default_cache_dir()) / _CACHE_NAME
+    model = DigitsViT()
+    if path.exists() and not retrain:
+        try:
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    state = {k: v.contiguous() for k, v in train_demo_vit().model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    model.load_state_dict(state)
+    return model.eval()

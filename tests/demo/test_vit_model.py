@@ -1,0 +1,124 @@
+"""The demo ViT: accuracy, cache round trip, damaged cache rebuilt, deterministic by seed.
+
+The full training (10-25 s) runs once per module, through ``get_demo_vit`` with a temporary
+cache; the other tests train for one epoch or replace the trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from neuronsplit.demo import DigitsViT, get_demo_vit, load_digits, train_demo_vit
+from neuronsplit.demo import vit as vit_module
+from neuronsplit.errors import ArgumentTypeError, InvalidArgumentError
+
+CACHE_NAME = "demo_digits_vit_v1.safetensors"
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[DigitsViT, Path]:
+    cache = tmp_path_factory.mktemp("vit_cache")
+    return get_demo_vit(cache), cache
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_accuracy_on_the_test_digits(cached: tuple[DigitsViT, Path]) -> None:
+    model, _ = cached
+    test = load_digits("test")
+    assert len(test) == 397
+    assert isinstance(model, VisionTransformer) and not model.training
+    with torch.no_grad():
+        accuracy = float((model(test.images).argmax(1) == test.labels).float().mean())
+    assert accuracy >= 0.9
+
+
+def test_cache_round_trip_is_bitwise(cached: tuple[DigitsViT, Path]) -> None:
+    model, cache = cached
+    assert (cache / CACHE_NAME).is_file()
+    assert [p.name for p in cache.iterdir()] == [CACHE_NAME]  # no temporary file left
+    again = get_demo_vit(cache)
+    assert again is not model and _same_weights(again, model)
+    again.blocks[0].attn.qkv.weight.data.zero_()  # a fresh instance: editing it changes nothing
+    assert _same_weights(get_demo_vit(cache), model)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other_tensors"])
+def test_damaged_cache_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    quick = train_demo_vit(epochs=1, seed=3).model
+    calls = []
+
+    def fake_train(**kwargs: object) -> object:
+        calls.append(kwargs)
+        return vit_module.TrainResult(quick, 0.0, 0.0)
+
+    monkeypatch.setattr(vit_module, "train_demo_vit", fake_train)
+    path = tmp_path / CACHE_NAME
+    if damage == "truncated":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in quick.state_dict().items()}, str(path))
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "garbage":
+        path.write_bytes(b"not a safetensors file")
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"weight": torch.zeros(3)}, str(path))
+    model = get_demo_vit(tmp_path)
+    assert len(calls) == 1 and _same_weights(model, quick)
+    assert _same_weights(get_demo_vit(tmp_path), quick)  # the rebuilt file is read back
+    assert len(calls) == 1
+
+
+def test_retrain_overwrites_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = (train_demo_vit(epochs=1, seed=s).model for s in (1, 2))
+    models = iter([first, second])
+    monkeypatch.setattr(
+        vit_module, "train_demo_vit", lambda **_: vit_module.TrainResult(next(models), 0.0, 0.0)
+    )
+    assert _same_weights(get_demo_vit(tmp_path), first)
+    assert _same_weights(get_demo_vit(tmp_path, retrain=True), second)
+    assert _same_weights(get_demo_vit(tmp_path), second)
+
+
+def test_training_is_deterministic_by_seed_and_restores_threads() -> None:
+    threads = torch.get_num_threads()
+    state = torch.get_rng_state()
+    a, b, c = (train_demo_vit(epochs=1, seed=s) for s in (5, 5, 6))
+    assert _same_weights(a.model, b.model) and a.test_accuracy == b.test_accuracy
+    assert not _same_weights(a.model, c.model)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
+    assert not a.model.training and a.seconds > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"epochs": 0}, InvalidArgumentError, "epochs must be >= 1, got 0"),
+        ({"epochs": 1.5}, ArgumentTypeError, "epochs must be an int"),
+        ({"lr": 0.0}, InvalidArgumentError, r"lr must be in \(0, inf\)"),
+        ({"weight_decay": -1.0}, InvalidArgumentError, r"weight_decay must be in \[0, inf\)"),
+        ({"batch_size": 0}, InvalidArgumentError, "batch_size must be >= 1"),
+        ({"seed": "0"}, ArgumentTypeError, "seed must be an int"),
+    ],
+)
+def test_training_arguments_are_checked(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        train_demo_vit(**kwargs)
+
+
+def test_get_demo_vit_checks_retrain(tmp_path: Path) -> None:
+    with pytest.raises(ArgumentTypeError, match="retrain"):
+        get_demo_vit(tmp_path, retrain="yes")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
