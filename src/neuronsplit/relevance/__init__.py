@@ -14,9 +14,10 @@ from .canonizers import (
     TorchvisionResNetCanonizer,
 )
 from .families import ModelFamily, detect_family, model_families, register_family
+from .fast_rules import FastEpsilon
 from .split_canonizer import SplitLayerCanonizer, SplitRule, register_split_rules
 from .vit import TimmViTCanonizer, TimmViTComposite
-from .vit_rules import AttentionValues, LayerNormRule, TokenMean
+from .vit_rules import AttentionValues, FastLayerNormRule, LayerNormRule, TokenMean
 from .zennit import Zennit
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "TimmViTCanonizer",
     "TimmViTComposite",
     "LayerNormRule",
+    "FastEpsilon",
+    "FastLayerNormRule",
     "AttentionValues",
     "TokenMean",
 ]

@@ -20,14 +20,15 @@ from torch import nn
 from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite
 from zennit.layer import Sum
-from zennit.rules import Epsilon, Gamma, Norm, Pass
+from zennit.rules import Gamma, Pass
 from zennit.types import Linear
 
 from ..errors import UnsupportedLayerError
 from . import vit_rules as vr
+from .fast_rules import FastEpsilon
 from .vit_rules import (
     AttentionValues,
-    LayerNormRule,
+    FastLayerNormRule,
     SafeStabilizer,
     TokenMean,
     activation_types,
@@ -187,17 +188,17 @@ class TimmViTComposite(LayerMapComposite):
     ==========================================  =============================================
     module                                      rule
     ==========================================  =============================================
-    ``zennit.layer.Sum`` (residuals, pos. emb.)  ``Norm(stabilizer)``: each summand's share
-    ``AttentionValues`` (``attn @ v``)          ``Norm(stabilizer)``; weights constant (CP-LRP)
-    ``TokenMean`` (average pooling)             ``Norm(stabilizer)``
+    ``zennit.layer.Sum`` (residuals, pos. emb.)  ``Norm``: each summand's share (FastEpsilon)
+    ``AttentionValues`` (``attn @ v``)          ``Norm``; weights constant (CP-LRP)
+    ``TokenMean`` (average pooling)             ``Norm``
     split layers (``.subunits`` + ``.merge``)    the Linear rule, paired across the rows by
                                                 ``SplitRule`` (explained as the unsplit layer);
                                                 else ``Norm(stabilizer)`` on the merge
-    ``nn.LayerNorm`` / timm ``LayerNorm``       :class:`LayerNormRule`: std held constant
+    ``nn.LayerNorm`` / timm ``LayerNorm``       :class:`FastLayerNormRule`: std held constant
     GELU and other elementwise activations      ``Pass`` (identity rule)
     patch embedding ``Conv2d``                  ``first_rule`` if given, else as Linear
-    classifier ``head``                         ``Epsilon(epsilon)``
-    other ``Linear`` (qkv, proj, fc1, fc2)      ``Epsilon(epsilon)``, or ``Gamma(gamma)``
+    classifier ``head``                         ``FastEpsilon(epsilon)``
+    other ``Linear`` (qkv, proj, fc1, fc2)      ``FastEpsilon(epsilon)``, or ``Gamma(gamma)``
     ``nn.MultiheadAttention``                   none: the canonizer refuses it
     ==========================================  =============================================
 
@@ -251,12 +252,15 @@ class TimmViTComposite(LayerMapComposite):
         self.stabilizer = stabilizer
         self.first_rule = first_rule
         eps = SafeStabilizer(epsilon)
-        self.head_rule = Epsilon(eps)
-        self.norm_rule = Norm(stabilizer=SafeStabilizer(stabilizer))
-        linear_rule = Epsilon(eps) if gamma is None else Gamma(gamma, stabilizer=eps)
+        # FastEpsilon: Zennit's epsilon rule inside the ordinary backward (no second forward)
+        self.head_rule = FastEpsilon(eps)
+        # the parameter-free linear maps: Zennit's Norm rule is the epsilon rule without
+        # parameters, so FastEpsilon computes it inside the ordinary backward too
+        self.norm_rule = FastEpsilon(SafeStabilizer(stabilizer))
+        linear_rule = FastEpsilon(eps) if gamma is None else Gamma(gamma, stabilizer=eps)
         layer_map = [
             ((Sum, AttentionValues, TokenMean), self.norm_rule),
-            ((nn.LayerNorm,), LayerNormRule(eps)),
+            ((nn.LayerNorm,), FastLayerNormRule(eps)),
             ((nn.MultiheadAttention,), None),
             (activation_types(), Pass()),
             ((Linear,), linear_rule),
@@ -280,7 +284,7 @@ class TimmViTComposite(LayerMapComposite):
 
     def _rule_merges(self, module: nn.Module) -> None:
         """Pair the rules of split layers' rows and merges; ``Norm`` on any other merge."""
-        from .split_canonizer import register_split_rules
+        from .split_rules import register_split_rules
 
         merges = [m for m in module.modules() if getattr(m, "parameter_free_linear", False)]
         before = {id(m): len(m._forward_pre_hooks) for m in merges}

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from zennit.core import Hook, Stabilizer, stabilize
 from zennit.types import Activation
 
+from .fast_rules import FastEpsilon
+
 __all__ = [
     "LayerNormRule",
     "AttentionValues",
@@ -143,6 +145,39 @@ class LayerNormRule(Hook):
         return tuple(
             relevance if g is not None and g.shape == relevance.shape else None for g in grad_input
         )
+
+
+class FastLayerNormRule(FastEpsilon):
+    """:class:`LayerNormRule` computed inside the ordinary backward pass (no second forward).
+
+    The LayerNorm's output is recomputed once with the standard deviation detached (the same
+    values; its graph is then linear in the input), and :class:`FastEpsilon` divides the
+    incoming relevance by the stabilised output and multiplies the outgoing gradient by the
+    input: ``R_x = x * J^T (R_y / (y + eps))``, the rule of :class:`LayerNormRule`.
+
+    Examples
+    --------
+    >>> from zennit.composites import LayerMapComposite
+    >>> from zennit.rules import Epsilon
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 1)).double()
+    >>> x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    >>> def lrp(rule):
+    ...     composite = LayerMapComposite([(nn.LayerNorm, rule), (nn.Linear, Epsilon(1e-9))])
+    ...     with composite.context(model) as modified:
+    ...         y = modified(x)
+    ...         return torch.autograd.grad(y, x, y)[0]
+    >>> torch.allclose(lrp(FastLayerNormRule(1e-9)), lrp(LayerNormRule(1e-9)), atol=1e-12)
+    True
+    """
+
+    def post_forward(self, module: nn.Module, input: Any, output: Any) -> Any:
+        """Replace the output by the linearised LayerNorm of the same input (same values)."""
+        linear = linearised_layer_norm(module, input[0])
+        return super().post_forward(module, input, linear)
+
+    def copy(self) -> FastLayerNormRule:
+        """A fresh hook with the same epsilon."""
+        return FastLayerNormRule(self.epsilon)
 
 
 class AttentionValues(nn.Module):
