@@ -35,6 +35,7 @@ from typing import Any
 import timm
 import torch
 from _table import Figure, print_table
+from _timing import interleaved_ratio
 
 import neuronsplit as ns
 from neuronsplit.nn import explicit_rows
@@ -51,25 +52,6 @@ def timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
-
-
-def interleaved_ratio(
-    base: Callable[[], Any], other: Callable[[], Any], rounds: int
-) -> tuple[float, float, float]:
-    """Median of per-round time ratios other/base (order alternating), and both medians."""
-    ratios, tb, to = [], [], []
-    base(), other()  # warm-up
-    for r in range(rounds):
-        pair = [("b", base), ("o", other)] if r % 2 == 0 else [("o", other), ("b", base)]
-        got = {}
-        for key, fn in pair:
-            t0 = time.perf_counter()
-            fn()
-            got[key] = time.perf_counter() - t0
-        ratios.append(got["o"] / got["b"])
-        tb.append(got["b"])
-        to.append(got["o"])
-    return statistics.median(ratios), statistics.median(tb), statistics.median(to)
 
 
 def run(argv: list[str] | None = None) -> list[Figure]:

@@ -25,7 +25,10 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "scan_throughput.py": (["--repeats", "5"], ["--repeats", "1", "--batches", "1"]),
     "split_overhead.py": (["--repeats", "15"], ["--repeats", "2", "--batch", "2"]),
     "plan_scale.py": (["--rounds", "8"], ["--rounds", "1"]),
-    "lrp_faithfulness.py": (["--rounds", "15"], ["--images", "64", "--rounds", "3", "--vit-b-rounds", "1"]),
+    "lrp_faithfulness.py": (
+        ["--rounds", "15"],
+        ["--images", "64", "--rounds", "3", "--vit-b-rounds", "1"],
+    ),
 }
 
 

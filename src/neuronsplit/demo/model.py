@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import check_bool
+from .._files import atomic_write
 from .data import load_digits
+
+M = TypeVar("M", bound=nn.Module)
 
 __all__ = ["DigitsNet", "TrainResult", "train_demo_model", "get_demo_model", "default_cache_dir"]
 
@@ -137,20 +143,31 @@ def get_demo_model(
     --------
     >>> model = get_demo_model()  # doctest: +SKIP
     """
+    check_bool(retrain, "retrain")
+    model = DigitsNet()
+    path = Path(cache_dir or default_cache_dir()) / _CACHE_NAME
+    return cached_weights(model, path, lambda: train_demo_model().model, retrain=retrain)
+
+
+def cached_weights(
+    model: M, path: Path, train: Callable[[], nn.Module], *, retrain: bool = False
+) -> M:
+    """Load ``model``'s weights from the safetensors file ``path``, training them on a miss.
+
+    A file that cannot be read (truncated, other tensors) is never trusted: ``train()`` runs
+    again and the file is rewritten atomically, so parallel processes (test workers) never read
+    a half-written file. Returns ``model`` in eval mode.
+    """
     from safetensors.torch import load_file, save_file
 
-    path = Path(cache_dir or default_cache_dir()) / _CACHE_NAME
-    model = DigitsNet()
     if path.exists() and not retrain:
         try:
             model.load_state_dict(load_file(str(path)))
             return model.eval()
         except Exception:  # a damaged cache is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    trained = train_demo_model().model
+    state = {k: v.contiguous() for k, v in train().state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp))
-    tmp.replace(path)  # atomic: parallel test workers never read a half-written file
-    model.load_state_dict(trained.state_dict())
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    model.load_state_dict(state)
     return model.eval()

@@ -21,9 +21,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.nn import functional as F
 
 from .._checks import check_bool, check_int, check_number
-from .._files import atomic_write
 from .data import load_digits
-from .model import TrainResult, default_cache_dir
+from .model import TrainResult, cached_weights, default_cache_dir
 
 __all__ = ["DigitsViT", "VIT_CONFIG", "train_demo_vit", "get_demo_vit"]
 
@@ -164,19 +163,6 @@ def get_demo_vit(cache_dir: str | os.PathLike | None = None, *, retrain: bool = 
     --------
     >>> vit = get_demo_vit()  # doctest: +SKIP
     """
-    from safetensors.torch import load_file, save_file
-
     check_bool(retrain, "retrain")
     path = Path(cache_dir or default_cache_dir()) / _CACHE_NAME
-    model = DigitsViT()
-    if path.exists() and not retrain:
-        try:
-            model.load_state_dict(load_file(str(path)))
-            return model.eval()
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            path.unlink(missing_ok=True)
-    state = {k: v.contiguous() for k, v in train_demo_vit().model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
-    model.load_state_dict(state)
-    return model.eval()
+    return cached_weights(DigitsViT(), path, lambda: train_demo_vit().model, retrain=retrain)
