@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import neuronsplit as ns
+from neuronsplit import relevance
 from neuronsplit.cli import main as cli_main
 from neuronsplit.errors import (
     ArgumentTypeError,
@@ -105,6 +106,13 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("fractions tau", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]], tau=2), InvalidArgumentError, r"tau must be in \[0, 1\]"),
     ("fractions labels", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0.0, 1, 2]), [[0], [1]]), InvalidArgumentError, "labels must be integer class indices"),
     ("fractions unit", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 9, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]]), InvalidArgumentError, "unit must be <= 5, got 9"),
+    # LRP
+    ("vit composite epsilon", lambda w: relevance.TimmViTComposite(epsilon=-1.0), InvalidArgumentError, r"epsilon must be in \(0, inf\), got -1.0"),
+    ("vit composite gamma", lambda w: relevance.TimmViTComposite(gamma="0.25"), ArgumentTypeError, "gamma must be a number, got str '0.25'"),
+    ("vit composite first rule", lambda w: relevance.TimmViTComposite(first_rule="flat"), ArgumentTypeError, "first_rule must be a zennit rule.*got str"),
+    ("vit composite canonizers", lambda w: relevance.TimmViTComposite(canonizers=["abc"]), ArgumentTypeError, "Canonizer objects, got str 'abc'"),
+    ("fast epsilon zero params", lambda w: relevance.FastEpsilon(zero_params=["bias"]), InvalidArgumentError, r"zero_params=\['bias'\]"),
+    ("split canonizer pairs", lambda w: relevance.SplitLayerCanonizer([("1", "0")]).apply(w["split"]), InvalidArgumentError, r"\('1', '0'\) is not a split layer"),
     # loading, demo
     ("timm name", lambda w: ns.load_timm_model(None), ArgumentTypeError, "timm model name"),
     ("timm weights", lambda w: ns.load_timm_model("resnet18", weights="/nonexistent.safetensors"), MissingFileError, "/nonexistent.safetensors"),

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from captum.attr import InputXGradient  # noqa: E402
@@ -151,11 +152,17 @@ def test_works_with_captum_visualization() -> None:
     x = inputs((1, 3, 8, 8))
     relevance = ns.ZennitAttribution(model).attribute(x, target=0)
     image = relevance[0].permute(1, 2, 0).numpy()
-    fig, _ = visualization.visualize_image_attr(
-        image, x[0].permute(1, 2, 0).numpy(), method="blended_heat_map", sign="all",
-        use_pyplot=False,
+    fig, axis = visualization.visualize_image_attr(
+        image, x[0].permute(1, 2, 0).numpy(), method="heat_map", sign="all", use_pyplot=False,
     )  # fmt: skip
-    assert fig is not None
+    # Captum draws the channel-summed relevance, scaled and clipped to [-1, 1]: a
+    # non-decreasing function of it with the same signs
+    summed = relevance[0].sum(0).numpy().ravel()
+    drawn = np.asarray(axis.images[-1].get_array()).ravel()
+    assert summed.shape == drawn.shape and np.ptp(summed) > 0
+    order = np.argsort(summed, kind="stable")
+    assert (np.diff(drawn[order]) >= -1e-7).all()
+    assert (np.sign(drawn) == np.sign(summed)).all()
 
 
 # ------------------------------------------------------------------------------ layer variant

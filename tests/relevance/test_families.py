@@ -125,10 +125,6 @@ def test_timm_resnet_with_attention_blocks_is_not_a_timm_resnet() -> None:
 @pytest.mark.parametrize("kind", ["vit", "dinov2"])
 @pytest.mark.parametrize("split", [False, True], ids=["unsplit", "split"])
 def test_timm_vit_family(kind: str, split: bool) -> None:
-    pytest.importorskip(
-        "neuronsplit.relevance.vit",
-        reason="neuronsplit.relevance.vit (TimmViTCanonizer, TimmViTComposite) has not landed yet",
-    )
     from neuronsplit.relevance.vit import TimmViTCanonizer, TimmViTComposite
 
     extra = {"init_values": 1e-5, "reg_tokens": 4} if kind == "dinov2" else {}
@@ -141,8 +137,15 @@ def test_timm_vit_family(kind: str, split: bool) -> None:
     # the ViT canonizer is applied once: by the backend or by the composite itself
     both = [*backend.canonizers, *backend.composite.canonizers]
     assert [type(c) for c in both] == [TimmViTCanonizer]
-    other = ns.Zennit.for_model(model, EpsilonPlusFlat())
-    assert [type(c) for c in other.canonizers] == [TimmViTCanonizer]
+    # any other composite would leave LayerNorm, attn @ v and the sums to plain gradients
+    with pytest.raises(InvalidArgumentError, match="EpsilonPlusFlat.*TimmViTComposite"):
+        ns.Zennit.for_model(model, EpsilonPlusFlat())
+    with pytest.raises(InvalidArgumentError, match="canonizers by hand"):
+        ns.ZennitAttribution(model, EpsilonPlusFlat())
+    chosen = ns.Zennit.for_model(model, TimmViTComposite(gamma=0.25))
+    assert [type(c) for c in [*chosen.canonizers, *chosen.composite.canonizers]] == [
+        TimmViTCanonizer
+    ]
     hooks = hook_counts(model)
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=DT)
     relevance = ns.ZennitAttribution(model).attribute(x, target=1)

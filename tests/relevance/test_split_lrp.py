@@ -36,6 +36,7 @@ import neuronsplit as ns
 import neuronsplit.relevance as relevance
 from helpers import randomize_norms
 from neuronsplit.capture import eval_mode
+from neuronsplit.errors import InvalidArgumentError
 from neuronsplit.nn import apply_plan
 from neuronsplit.plan import LayerSplit, SplitPlan
 from neuronsplit.relevance import SplitLayerCanonizer, TimmResNetCanonizer
@@ -70,10 +71,7 @@ def _torchvision(name: str) -> tuple[nn.Module, list]:
 def _torchvision_exact(name: str) -> tuple[nn.Module, list]:
     """Default ``eps``, with neuronsplit's exact torchvision canonizer (where it exists)."""
     torchvision = pytest.importorskip("torchvision")
-    canonizer = getattr(relevance, "TorchvisionResNetCanonizer", None)
-    if canonizer is None:
-        pytest.skip("neuronsplit.relevance.TorchvisionResNetCanonizer is not there")
-    return getattr(torchvision.models, name)(weights=None), [canonizer()]
+    return getattr(torchvision.models, name)(weights=None), [relevance.TorchvisionResNetCanonizer()]
 
 
 def _plan(model: nn.Module, layers: dict[str, str], seed: int) -> SplitPlan:
@@ -266,8 +264,21 @@ def test_canonizer_by_name() -> None:
     for handle in handles:
         handle.remove()
     _assert_untouched(split, before)
-    with pytest.raises(ValueError, match="not a split layer"):
+    with pytest.raises(InvalidArgumentError, match="not a split layer"):
         SplitLayerCanonizer([("1", "0")]).apply(split)
+
+
+def test_a_failing_fold_undoes_the_folds_before_it() -> None:
+    """Two split conv-BN pairs; the second BatchNorm's statistics are broken (too short)."""
+    model = nn.Sequential(*_bn_block(), *_bn_block()).eval()
+    model[3] = nn.Conv2d(5, 5, 3, bias=False).to(DT)
+    split = apply_plan(model, _plan(model, {"0": "disjoint", "3": "disjoint"}, seed=6))
+    split[4].running_var = torch.ones(4, dtype=DT)
+    before = _state(split)
+    with pytest.raises((IndexError, RuntimeError)):
+        SplitLayerCanonizer().apply(split)
+    _assert_untouched(split, before)
+    assert "forward" not in split[1].__dict__
 
 
 def test_no_fold_without_a_batch_norm_merge() -> None:

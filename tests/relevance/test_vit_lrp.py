@@ -267,6 +267,14 @@ def test_map_head_raises() -> None:
         TimmViTCanonizer().apply(model)
 
 
+def test_avgmax_pooling_raises() -> None:
+    model = _tiny_vit(global_pool="avgmax")
+    hooks = snapshot(model)
+    with pytest.raises(UnsupportedLayerError, match="global_pool='avgmax'"):
+        TimmViTCanonizer().apply(model)
+    assert_unchanged(model, hooks)
+
+
 # --------------------------------------------------------------------------- split layers
 def _fc2_plan(model: VisionTransformer, block: int = 1) -> SplitPlan:
     layer = f"blocks.{block}.mlp.fc2"

@@ -149,6 +149,9 @@ class Disentangle(GradientAttribution):
     PlanMismatchError
         No split layers and no plan, a plan that does not fit ``model``, or a split model with
         a different plan.
+    UnsupportedModelError, InvalidArgumentError
+        A bare composite on a model of no known family, or a composite its family refuses
+        (``Zennit.for_model``); pass ``ns.Zennit(composite, canonizers=[...])`` instead.
 
     Examples
     --------

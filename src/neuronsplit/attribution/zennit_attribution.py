@@ -373,7 +373,7 @@ class LayerZennitAttribution(LayerAttribution, GradientAttribution):
             self.model, self.backend, inputs, additional_forward_args, self.layer_name,
             "LayerZennitAttribution",
         ) as (_, output, activation):  # fmt: skip
-            assert activation is not None
+            activation = typing.cast(Tensor, activation)  # a layer was named: captured
             y = select_target(output, target)
             (grad,) = torch.autograd.grad(
                 y, activation, grad_outputs=self.backend.output_seed(y), allow_unused=True

@@ -28,18 +28,16 @@ Examples
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_module
 from ..errors import ArgumentTypeError, InvalidArgumentError, UnsupportedModelError
-from .canonizers import ExactNamedMergeBatchNorm, TimmResNetCanonizer, TorchvisionResNetCanonizer
+from .canonizers import TimmResNetCanonizer, TorchvisionResNetCanonizer
+from .plain_graph import plain_canonizers, plain_reason
 
 __all__ = [
     "ModelFamily",
@@ -68,6 +66,11 @@ class ModelFamily:
         ``canonizers(model) -> list`` of fresh zennit canonizers for this model.
     composite : callable
         ``composite() -> zennit.core.Composite``, the default composite.
+    refuses : callable, optional
+        ``refuses(composite) -> str | None``: why a composite cannot explain this family with
+        its canonizers (None: it can). A ViT's canonizer leaves LayerNorm, ``attn @ v`` and
+        the residual sums to rules only :class:`~neuronsplit.relevance.TimmViTComposite` has;
+        any other composite would pass plain gradients through them.
     """
 
     name: str
@@ -75,6 +78,7 @@ class ModelFamily:
     detect: Callable[[nn.Module], bool]
     canonizers: Callable[[nn.Module], list[Any]]
     composite: Callable[[], Any]
+    refuses: Callable[[Any], str | None] | None = None
 
 
 # ------------------------------------------------------------------------------ the detectors
@@ -122,123 +126,6 @@ def _epsilon_plus_flat() -> Any:
     return EpsilonPlusFlat()
 
 
-# ------------------------------------------------------------------------------ plain chains
-_PLAIN_FUNCTIONS = {
-    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.relu, F.relu,
-    operator.getitem, getattr,
-}  # fmt: skip
-_PLAIN_METHODS = {"view", "reshape", "flatten", "size", "squeeze", "unsqueeze", "contiguous",
-                  "relu", "dim"}  # fmt: skip
-_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_OTHER = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-)  # fmt: skip
-
-
-def _is_split_layer(module: nn.Module) -> bool:
-    """A neuronsplit split layer (duck-typed: ``relevance`` does not import ``nn``)."""
-    merge = getattr(module, "merge", None)
-    return isinstance(getattr(module, "subunits", None), nn.Module) and bool(
-        getattr(merge, "parameter_free_linear", False)
-    )
-
-
-def _is_activation(module: nn.Module) -> bool:
-    from zennit.types import Activation
-
-    # zennit counts MultiheadAttention as an activation (and passes relevance through it)
-    return isinstance(module, Activation) and not isinstance(module, nn.MultiheadAttention)
-
-
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return _is_split_layer(m) or super().is_leaf_module(m, module_qualified_name)
-
-
-_Pairs = list[tuple[str, str]]
-
-
-def _plain_graph(model: nn.Module) -> tuple[str | None, _Pairs, _Pairs]:
-    """``(reason it is not plain or None, [(producer, batch_norm), ...] to fold by name)``, the
-    pairs after plain layers and the pairs after split layers."""
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as err:  # any failure to trace means: we cannot see the data flow
-        text = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        return f"torch.fx could not trace its forward ({type(err).__name__}: {text})", [], []
-    modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    pairs: _Pairs = []
-    split_pairs: _Pairs = []
-    for node in graph.nodes:
-        if node.op in ("placeholder", "output"):
-            continue
-        if node.op == "get_attr":
-            return f"its forward reads the tensor {node.target!r} directly", [], []
-        if node.op == "call_function" and node.target not in _PLAIN_FUNCTIONS:
-            name = getattr(node.target, "__name__", str(node.target))
-            return f"its forward calls {name}() (a residual add, a product or a reduction?)", [], []
-        if node.op == "call_method" and node.target not in _PLAIN_METHODS:
-            return f"its forward calls the tensor method .{node.target}()", [], []
-        if node.op != "call_module":
-            continue
-        module = modules[node.target]
-        if isinstance(module, _BATCH_NORM):
-            source = node.args[0] if node.args else None
-            is_call = isinstance(source, torch.fx.Node) and source.op == "call_module"
-            producer = modules[source.target] if is_call else None
-            if not (isinstance(producer, _LINEAR) or (producer and _is_split_layer(producer))):
-                return (
-                    f"BatchNorm {node.target!r} does not follow a convolution/linear layer",
-                    [],
-                    [],
-                )
-            if len(source.users) != 1 or calls[source.target] != 1:
-                return f"the input of BatchNorm {node.target!r} is used elsewhere too", [], []
-            found = split_pairs if _is_split_layer(producer) else pairs
-            found.append((source.target, node.target))
-        elif not (
-            isinstance(module, _LINEAR + _OTHER)
-            or _is_split_layer(module)
-            or _is_activation(module)
-        ):
-            return f"it contains {type(module).__name__} {node.target!r}", [], []
-    return None, pairs, split_pairs
-
-
-def plain_reason(model: nn.Module) -> str | None:
-    """Why ``model`` is not a plain chain (``None`` if it is); see the module docstring.
-
-    Examples
-    --------
-    >>> plain_reason(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))) is None
-    True
-    >>> plain_reason(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))
-    "it contains LayerNorm '1'"
-    """
-    return _plain_graph(model)[0]
-
-
-def _plain_canonizers(model: nn.Module) -> list[Any]:
-    """BatchNorms folded into the layer before them in the graph (not in module order)."""
-    _, pairs, split_pairs = _plain_graph(model)
-    canonizers: list[Any] = []
-    if pairs:
-        canonizers.append(ExactNamedMergeBatchNorm([((a,), b) for a, b in pairs]))
-    if split_pairs:
-        from .split_canonizer import SplitLayerCanonizer
-
-        canonizers.append(SplitLayerCanonizer(split_pairs))
-    return canonizers
-
-
 # ------------------------------------------------------------------------------ the registry
 _BUILTIN = (
     ModelFamily(
@@ -261,13 +148,22 @@ _BUILTIN = (
         _is_timm_vit,
         lambda model: [_vit_module().TimmViTCanonizer()],
         lambda: _vit_module().TimmViTComposite(),
+        lambda composite: (
+            None
+            if isinstance(composite, _vit_module().TimmViTComposite)
+            else (
+                "its LayerNorms, attention (attn @ v), token pooling and residual sums need the "
+                "rules of TimmViTComposite; use TimmViTComposite(epsilon=..., gamma=..., "
+                "first_rule=...) for your choice of Linear and input rules"
+            )
+        ),
     ),
     ModelFamily(
         "plain",
         "plain chains of Conv/Linear (BatchNorm right after them), activations, pooling, "
         "Flatten, Dropout -- no residual adds, attention or LayerNorm (e.g. the demo DigitsNet)",
         lambda model: plain_reason(model) is None,
-        _plain_canonizers,
+        plain_canonizers,
         _epsilon_plus_flat,
     ),
 )
@@ -362,6 +258,12 @@ def family_rules(
     ``composite=None`` takes the family's default. A composite that brings its own canonizers
     is taken as it is (the family's would be applied twice).
 
+    Raises
+    ------
+    InvalidArgumentError
+        A composite the family refuses (any composite but ``TimmViTComposite`` on a timm ViT);
+        the message says what to use, or pass ``ns.Zennit(composite, canonizers=[...])``.
+
     Examples
     --------
     >>> composite, canonizers = family_rules(nn.Sequential(nn.Linear(3, 2)))
@@ -376,4 +278,11 @@ def family_rules(
         composite = chosen.composite()
     if getattr(composite, "canonizers", None):
         return composite, []
+    reason = chosen.refuses(composite) if chosen.refuses is not None else None
+    if reason:
+        raise InvalidArgumentError(
+            f"{type(composite).__name__} cannot explain this {chosen.name} model: {reason}. "
+            "To use it anyway, pass the canonizers by hand: "
+            "ns.Zennit(composite, canonizers=[...])"
+        )
     return composite, list(chosen.canonizers(model))

@@ -6,9 +6,18 @@ because a rule may modify the parameters (z+, gamma, alpha-beta). The epsilon ru
 can happen on the gradient that enters the layer (a pre-hook on the layer's last autograd node)
 and the multiplication by the input on the gradient that leaves it (Zennit's input identity),
 and autograd's own pass through the layer computes ``W^T (.)`` -- no second forward, no second
-backward. For the layers it rules, this halves the cost of LRP. The result is Zennit's
-``Epsilon`` up to float rounding, and :class:`FastEpsilon` *is* an ``Epsilon`` (same modifiers,
-mapper and reducer), so code that reads those (the split-layer rule) treats it as one.
+backward. For the layers it rules, this halves the cost of LRP. :class:`FastEpsilon` *is* an
+``Epsilon`` (same modifiers, mapper and reducer), so code that reads those (the split-layer
+rule) treats it as one.
+
+The result is Zennit's ``Epsilon`` up to float rounding, with three differences on purpose:
+
+* ``epsilon`` is raised to the smallest normal number of the output's dtype (6.1e-5 in
+  float16), so an output of exactly 0 never gives 0/0;
+* an output changed in place by a later operation is recomputed from the input (as Zennit's
+  re-run sees it) rather than read changed;
+* a layer called more than once in a forward multiplies each call's gradient by that call's
+  input (Zennit's rule uses the last call's input for every call), so it is exact there too.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from zennit.core import Stabilizer
+from zennit.core import Identity, Stabilizer
 from zennit.rules import Epsilon
 
 from ..errors import InvalidArgumentError
@@ -64,23 +73,62 @@ class FastEpsilon(Epsilon):
         self.epsilon = epsilon
         self.stabilizer = Stabilizer.ensure(epsilon)
 
+    def pre_forward(self, module: nn.Module, input: Any) -> Any:
+        """Multiply the gradient that leaves the layer by this call's input.
+
+        As Zennit's ``Hook.pre_forward`` (an identity node in front of the layer, the input
+        cloned against in-place operations), but the hook keeps this call's (detached) input
+        rather than reading the last stored one, so a layer called twice in one forward gets
+        each call's own input.
+        """
+        inputs = input if isinstance(input, tuple) else (input,)
+        if not inputs[0].requires_grad:
+            return input
+        hook_ref = weakref.ref(self)
+        post_input = Identity.apply(*inputs)
+        kept = tuple(x.detach() for x in post_input)  # detached: no reference cycle via grad_fn
+
+        def multiply(grad_input: tuple[Any, ...], grad_output: Any) -> tuple[Any, ...] | None:
+            hook = hook_ref()
+            if hook is None or not hook.active:
+                return None
+            return tuple(
+                None if g is None else x * g for x, g in zip(kept, grad_input, strict=False)
+            )
+
+        self.tensor_handles.append(post_input[0].grad_fn.register_hook(multiply))
+        post_input = tuple(x.clone() for x in post_input)
+        return post_input[0] if len(post_input) == 1 else post_input
+
     def post_forward(self, module: nn.Module, input: Any, output: Any) -> Any:
-        """Divide the gradient that enters the layer by the stabilised output."""
+        """Divide the gradient that enters the layer by the stabilised output.
+
+        The output is read when the gradient arrives; if a later in-place operation changed it
+        (its version counter moved), it is recomputed from this call's input, as Zennit's rule
+        would (a re-run of the layer).
+        """
         single = not isinstance(output, tuple)
         out = output if single else output[0]
         if out.grad_fn is not None:
             hook_ref = weakref.ref(self)
-            z = out.detach()
+            z, version = out.detach(), out._version
+            inputs = tuple(x.detach() for x in input)
 
             def divide(grad_outputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
                 hook = hook_ref()
                 if hook is None or not hook.active or grad_outputs[0] is None:
                     return None
-                hook.stored_tensors["grad_output"] = grad_outputs  # Zennit's input hook reads it
-                return (grad_outputs[0] / hook.denominator(z), *grad_outputs[1:])
+                current = z if z._version == version else hook.recompute(module, inputs)
+                return (grad_outputs[0] / hook.denominator(current), *grad_outputs[1:])
 
             self.tensor_handles.append(out.grad_fn.register_prehook(divide))
         return output
+
+    def recompute(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+        """The layer's output from its input, without hooks or graph (after an in-place edit)."""
+        with torch.no_grad():
+            out = module.forward(*inputs)
+        return out if isinstance(out, Tensor) else out[0]
 
     def denominator(self, z: Tensor) -> Tensor:
         """``z + eps * sign(z)`` (sign 0 -> +1), Zennit's stabiliser, in one elementwise op.
@@ -96,13 +144,7 @@ class FastEpsilon(Epsilon):
         return stab(z)
 
     def forward(self, module: nn.Module, input: Any, output: Any) -> None:
-        """Keep the input (the gradient that leaves the layer is multiplied by it)."""
-        self.stored_tensors["input"] = input
-
-    def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> tuple[Any, ...]:
-        """``R_in = x * g``: ``g`` already went through the layer's own backward."""
-        inputs = self.stored_tensors["input"]
-        return tuple(None if g is None else x * g for x, g in zip(inputs, grad_input, strict=False))
+        """Nothing to store: the backward hooks hold their own call's tensors."""
 
     def copy(self) -> FastEpsilon:
         """A fresh hook with the same epsilon (one hook instance per module)."""

@@ -26,6 +26,7 @@ from zennit.canonizers import Canonizer, MergeBatchNorm
 from zennit.core import collect_leaves
 from zennit.types import BatchNorm
 
+from ..errors import InvalidArgumentError
 from .split_rules import (
     RowLayout,
     SplitRule,
@@ -114,9 +115,10 @@ class SplitLayerCanonizer(Canonizer):
             for layer_name, bn_name in self.pairs:
                 layer, bn = root.get_submodule(layer_name), root.get_submodule(bn_name)
                 if not is_split_layer(layer) or not self.foldable(layer, bn):
-                    raise ValueError(
+                    raise InvalidArgumentError(
                         f"SplitLayerCanonizer: ({layer_name!r}, {bn_name!r}) is not a split "
-                        "layer followed by a BatchNorm over its units"
+                        "layer followed by a BatchNorm over its units; name pairs "
+                        "(split layer, the BatchNorm that reads it) or pass pairs=None"
                     )
                 yield layer, bn
             return
@@ -130,11 +132,16 @@ class SplitLayerCanonizer(Canonizer):
 
     def apply(self, root_module: nn.Module) -> list[SplitLayerCanonizer]:
         """Fold every pair found in ``root_module``; returns the applied instances."""
-        instances = []
-        for layer, bn in list(self._find(root_module)):
-            instance = self.copy()
-            instance.register(layer, bn)
-            instances.append(instance)
+        instances: list[SplitLayerCanonizer] = []
+        try:
+            for layer, bn in list(self._find(root_module)):
+                instance = self.copy()
+                instance.register(layer, bn)
+                instances.append(instance)
+        except BaseException:
+            for instance in reversed(instances):  # a half-done fold never stays in the model
+                instance.remove()
+            raise
         return instances
 
     def register(self, layer: nn.Module, batch_norm: nn.Module) -> None:

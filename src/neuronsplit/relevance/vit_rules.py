@@ -78,14 +78,18 @@ def linearised_layer_norm(
     True
     """
     dims = tuple(range(-len(module.normalized_shape), 0))
-    centred = x - x.mean(dims, keepdim=True)
+    # statistics in at least float32, as torch's and timm's LayerNorms compute them: in float16
+    # a deviation of 256 squares to inf and would zero the output (the model's forward)
+    compute = torch.promote_types(x.dtype, torch.float32)
+    xc = x.to(compute)
+    centred = xc - xc.mean(dims, keepdim=True)
     variance = centred.detach().pow(2).mean(dims, keepdim=True)
-    y = centred / torch.sqrt(variance + module.eps)
+    y = centred * torch.rsqrt(variance + module.eps)
     if module.weight is not None and "weight" not in zero_params:
-        y = y * module.weight
+        y = y * module.weight.to(compute)
     if module.bias is not None and "bias" not in zero_params:
-        y = y + module.bias
-    return y
+        y = y + module.bias.to(compute)
+    return y.to(x.dtype)
 
 
 class LayerNormRule(Hook):
@@ -174,6 +178,11 @@ class FastLayerNormRule(FastEpsilon):
         """Replace the output by the linearised LayerNorm of the same input (same values)."""
         linear = linearised_layer_norm(module, input[0])
         return super().post_forward(module, input, linear)
+
+    def recompute(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+        """The linearised output from the input (after an in-place edit of the output)."""
+        with torch.no_grad():
+            return linearised_layer_norm(module, inputs[0])
 
     def copy(self) -> FastLayerNormRule:
         """A fresh hook with the same epsilon."""

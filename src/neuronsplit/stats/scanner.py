@@ -175,8 +175,10 @@ def scan(
         Dotted names of ``nn.Conv2d`` / ``nn.Linear`` layers, e.g. ``"layer4.2.conv3"``.
     num_classes : int, optional
         Number of classes; inferred from the logits when omitted.
-    relevance : "grad_x_act" or RelevanceBackend
-        ``"grad_x_act"`` (default, Hesse et al.) or ``ns.Zennit(composite, canonizers=...)``.
+    relevance : "grad_x_act", zennit Composite or RelevanceBackend
+        ``"grad_x_act"`` (default, Hesse et al.), ``ns.Zennit(composite, canonizers=...)``,
+        ``ns.Zennit.for_model(model)``, or a bare composite, which gets the model family's
+        canonizers (see :func:`~neuronsplit.relevance.get_backend`).
     target : {"label", "prediction"}
         Which logit the relevance explains; images are counted under that class.
     tau_grid : sequence of float
@@ -212,6 +214,9 @@ def scan(
         NaN/inf in inputs, activations, logits or relevances.
     IncompatibleResultsError
         Processes of a distributed scan that disagree on layers, shapes or classes.
+    UnsupportedModelError, InvalidArgumentError
+        A bare composite on a model of no known family, or a composite its family refuses
+        (``Zennit.for_model``); pass ``ns.Zennit(composite, canonizers=[...])`` instead.
 
     Examples
     --------
