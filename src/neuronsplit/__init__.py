@@ -35,7 +35,10 @@ _EXPORTS: dict[str, str] = {
     "PolysemanticUnit": "methods.hesse",
     "pairs_table": "methods.hesse",
     "plan_split": "methods.hesse",
+    # unsupervised whole-layer splits (ELUDe)
+    "discover": "methods.elude",
     "concept_fractions": "evaluation",
+    "top_k_purity": "evaluation",
     # plans
     "UnitSplit": "plan",
     "LayerSplit": "plan",

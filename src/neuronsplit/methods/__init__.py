@@ -1,3 +1,4 @@
-"""Methods that turn statistics into split plans: :mod:`~neuronsplit.methods.hesse` (supervised,
-Hesse et al. 2025); the unsupervised ELUDe method will live next to it.
+"""Methods that turn data into split plans: :mod:`~neuronsplit.methods.hesse` (supervised,
+Hesse et al. 2025, from a scan's class statistics) and :mod:`~neuronsplit.methods.elude`
+(unsupervised, ELUDe: clusters of input contributions, whole layers).
 """

@@ -1,0 +1,197 @@
+"""Top-activating samples of every unit of a layer, with their inputs: :class:`TopInputs`.
+
+ELUDe clusters the input contributions ``w_uj * x_j`` of a unit on the samples that activate it
+most. Keeping ``n`` input vectors for each of the ``C`` units would cost ``C * n * J`` numbers
+(600 MB for a ViT-B ``fc1`` at ``n = 64``); units share their top samples, so the reservoir keeps
+per unit only the ``n`` best *keys* and their activations, and one **pool** of the input vectors
+those keys name, each stored once. The pool never holds more than ``min(samples seen, C * n)``
+vectors, so memory does not grow with the data beyond the reservoir itself.
+
+A *sample* is a token of a token tensor (``tokens`` selects which), a row of a plain feature
+batch, or, for a ``Conv2d``, an image at the position where the unit is most active (its input
+patch is stored, so contributions sum over the kernel taps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ...errors import InputShapeError, NonFiniteError
+
+__all__ = ["TopInputs", "token_slice"]
+
+
+def token_slice(tokens: str, num_prefix: int) -> slice:
+    """Which tokens of a ``(B, T, D)`` tensor are samples: all, the class token, or the patches."""
+    if tokens == "cls":
+        return slice(0, 1)
+    if tokens == "patch":
+        return slice(num_prefix, None)
+    return slice(None)
+
+
+@dataclass(eq=False)
+class TopInputs:
+    """Per unit the ``n`` samples with the largest activation, and the inputs they saw.
+
+    Parameters
+    ----------
+    layer : nn.Module
+        The ``Linear`` or ``Conv2d`` whose units are ranked.
+    n : int
+        Samples kept per unit.
+    tokens : slice
+        Token positions that count as samples when the layer sees ``(B, T, D)`` tensors.
+
+    Attributes
+    ----------
+    values : Tensor
+        ``(C, n)`` activations of the kept samples, descending; ``-inf`` in unused slots.
+    keys : Tensor
+        ``(C, n)`` int64 sample keys (``-1`` in unused slots).
+    pool_keys, pool : Tensor
+        ``(P,)`` sorted keys and ``(P, D)`` input vectors (``D = J * kh * kw`` for a Conv2d).
+
+    Examples
+    --------
+    >>> layer = nn.Linear(3, 2)
+    >>> top = TopInputs(layer, n=2)
+    >>> x = torch.randn(5, 3)
+    >>> top.update(x, layer(x))
+    >>> top.vectors(0).shape, top.count
+    (torch.Size([2, 3]), 5)
+    """
+
+    layer: nn.Module
+    n: int
+    tokens: slice = field(default_factory=lambda: slice(None))
+    per_image: bool = False
+    values: Tensor = field(init=False)
+    keys: Tensor = field(init=False)
+    pool_keys: Tensor = field(init=False)
+    pool: Tensor = field(init=False)
+    count: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        units = (
+            self.layer.out_channels
+            if isinstance(self.layer, nn.Conv2d)
+            else self.layer.out_features
+        )
+        self.values = torch.full((units, self.n), -torch.inf, dtype=torch.float64)
+        self.keys = torch.full((units, self.n), -1, dtype=torch.long)
+        self.pool_keys = torch.empty(0, dtype=torch.long)
+        self.pool = torch.empty(0, 0)
+
+    # ------------------------------------------------------------------ one batch
+    @torch.no_grad()
+    def update(self, x: Tensor, out: Tensor) -> None:
+        """Merge one batch: ``x`` the layer's input, ``out`` its output (both detached)."""
+        if isinstance(self.layer, nn.Conv2d):
+            acts, keys, fetch = self._conv(x, out)
+        else:
+            acts, keys, fetch = self._linear(x, out)
+        if not torch.isfinite(acts).all():
+            raise NonFiniteError(
+                "the layer's activations contain NaN or inf on the samples seen so far "
+                f"(after {self.count} samples); check the inputs and the model's weights"
+            )
+        values = torch.cat([self.values, acts.double()], 1)
+        all_keys = torch.cat([self.keys, keys], 1)
+        best = values.topk(min(self.n, values.shape[1]), dim=1)
+        self.values = best.values
+        self.keys = all_keys.gather(1, best.indices)
+        if self.values.shape[1] < self.n:  # fewer samples than slots so far
+            pad = self.n - self.values.shape[1]
+            self.values = F.pad(self.values, (0, pad), value=-torch.inf)
+            self.keys = F.pad(self.keys, (0, pad), value=-1)
+        self._refill_pool(fetch)
+
+    def _linear(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor, object]:
+        if x.dim() == 3:
+            x, out = x[:, self.tokens], out[:, self.tokens]
+            if self.per_image:
+                return self._per_image(x, out)
+        elif x.dim() != 2:
+            raise InputShapeError(
+                f"ELUDe reads Linear inputs of shape (B, D) or (B, T, D); got {tuple(x.shape)}"
+            )
+        rows_x = x.reshape(-1, x.shape[-1])
+        acts = out.reshape(-1, out.shape[-1]).T  # (C, M)
+        keys = torch.arange(self.count, self.count + rows_x.shape[0])
+        self.count += rows_x.shape[0]
+
+        def fetch(wanted: Tensor) -> Tensor:
+            return rows_x[wanted - keys[0]]
+
+        return acts, keys.expand(acts.shape[0], -1), fetch
+
+    def _per_image(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor, object]:
+        """Token tensors read per image: each image at its most active token."""
+        b, t, _ = out.shape
+        acts, pos = out.max(1)  # (B, C)
+        base = torch.arange(self.count, self.count + b)
+        keys = (base[:, None] * t + pos).T
+        self.count += b
+
+        def fetch(wanted: Tensor) -> Tensor:
+            return x[wanted // t - base[0], wanted % t]
+
+        return acts.T, keys, fetch
+
+    def _conv(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor, object]:
+        b, _, h, w = out.shape
+        flat = out.reshape(b, out.shape[1], h * w)
+        acts, pos = flat.max(2)  # (B, C): the most active position of each image
+        positions = h * w
+        base = torch.arange(self.count, self.count + b)
+        keys = (base[:, None] * positions + pos).T  # (C, B)
+        self.count += b
+        conv = self.layer
+
+        def fetch(wanted: Tensor) -> Tensor:
+            image = wanted // positions - base[0]
+            where = wanted % positions
+            # unfold only the images that hold a wanted patch
+            images, inverse = image.unique(return_inverse=True)
+            cols = F.unfold(
+                x[images], conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                stride=conv.stride,
+            )  # fmt: skip  # (I, J*kh*kw, L)
+            return cols[inverse, :, where]
+
+        return acts.T, keys, fetch
+
+    def _refill_pool(self, fetch: object) -> None:
+        """Keep the pool's vectors that some unit still names, and add the batch's new ones."""
+        needed = self.keys[self.keys >= 0].unique()  # sorted
+        old = torch.isin(needed, self.pool_keys)
+        parts_keys = [needed[old]]
+        parts = []
+        if self.pool_keys.numel():
+            parts.append(self.pool[torch.searchsorted(self.pool_keys, needed[old])])
+        new_keys = needed[~old]
+        if new_keys.numel():
+            new = fetch(new_keys).detach()  # type: ignore[operator]
+            parts_keys.append(new_keys)
+            parts.append(new.to(torch.float32) if new.dtype in (torch.float16, torch.bfloat16)
+                         else new.clone())  # fmt: skip
+        keys = torch.cat(parts_keys)
+        order = keys.argsort()
+        self.pool_keys = keys[order]
+        self.pool = torch.cat(parts)[order] if parts else self.pool
+
+    # ------------------------------------------------------------------ reading
+    def kept(self, unit: int) -> int:
+        """How many samples unit ``unit`` holds (fewer than ``n`` only on small data)."""
+        return int((self.keys[unit] >= 0).sum())
+
+    def vectors(self, unit: int) -> Tensor:
+        """``(m, D)`` input vectors of the unit's kept samples, most active first."""
+        keys = self.keys[unit]
+        keys = keys[keys >= 0]
+        return self.pool[torch.searchsorted(self.pool_keys, keys)]
