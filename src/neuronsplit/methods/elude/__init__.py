@@ -5,7 +5,7 @@ samples (:mod:`.concepts`), collected in one pass for whole layers (:mod:`.reser
 """
 
 from .concepts import ConceptRule, UnitConcepts, find_concepts, span_coordinates
-from .discover import DEFAULT_TOP_N, discover
+from .discovery import DEFAULT_TOP_N, discover
 from .reservoir import TopInputs
 
 __all__ = [

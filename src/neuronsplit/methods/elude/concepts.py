@@ -11,15 +11,16 @@ The rules, and why (they are ELUDe's unstated parts; see ``docs/elude.md``):
    every ``K`` in ``2 .. max_concepts``. It runs on the samples' coordinates in their own span
    (at most ``m`` dimensions for ``m`` samples, from an eigendecomposition of the Gram matrix):
    distances there equal those in input space, so the clusters are the same and a ViT-B unit
-   costs a 64-dimensional problem instead of a 768-dimensional one.
+   costs a 32-dimensional problem instead of a 768-dimensional one.
 3. **How many concepts.** The ``K`` with the best silhouette (cosine geometry) wins if that
    silhouette reaches ``min_silhouette`` (0.4) and every cluster holds at least ``min_cluster``
    samples; otherwise ``K = 1``: the unit is not polysemantic and is left alone. A blob of noise
    cut in two scores about 0.1-0.2, planted concepts about 0.85 (``evaluation.planted``). On a
-   validation split of the *training* digits (never the test images) the demo ViT's purity gain
-   rose with the threshold while the share of split units fell (0.25: +0.066, 86 % split; 0.35:
-   +0.081, 60 %; 0.4: +0.095, 44 %; 0.5: +0.101, 22 %): weakly separated clusters are mostly
-   noise, so 0.4 splits the units whose concepts are clear and still a large share of them.
+   validation split of the *training* digits (never the test images; top 64 samples) the demo
+   ViT's purity gain rose with the threshold while the share of split units fell (0.25: +0.066,
+   86 % split; 0.35: +0.081, 60 %; 0.4: +0.095, 44 %; 0.5: +0.101, 22 %): weakly separated
+   clusters are mostly noise, so 0.4 splits the units whose concepts are clear and still a large
+   share of them.
 4. **Routing.** Each cluster's centroid is the mean of its samples' contribution *shares*
    ``c_j / sum_i |c_i|`` (the fraction of the activation input ``j`` carries). Input ``j`` goes
    to the subunit whose centroid share is largest if that share is positive and exceeds the

@@ -100,15 +100,13 @@ class TopInputs:
                 "the layer's activations contain NaN or inf on the samples seen so far "
                 f"(after {self.count} samples); check the inputs and the model's weights"
             )
+        if self.values.device != acts.device:  # the reservoir lives where the model runs
+            self.values, self.keys = self.values.to(acts.device), self.keys.to(acts.device)
+            self.pool_keys = self.pool_keys.to(acts.device)
         values = torch.cat([self.values, acts.double()], 1)
-        all_keys = torch.cat([self.keys, keys], 1)
-        best = values.topk(min(self.n, values.shape[1]), dim=1)
+        best = values.topk(self.n, dim=1)  # n + M >= n candidates: unused slots stay -inf
         self.values = best.values
-        self.keys = all_keys.gather(1, best.indices)
-        if self.values.shape[1] < self.n:  # fewer samples than slots so far
-            pad = self.n - self.values.shape[1]
-            self.values = F.pad(self.values, (0, pad), value=-torch.inf)
-            self.keys = F.pad(self.keys, (0, pad), value=-1)
+        self.keys = torch.cat([self.keys, keys], 1).gather(1, best.indices)
         self._refill_pool(fetch)
 
     def _linear(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor, object]:
@@ -122,7 +120,7 @@ class TopInputs:
             )
         rows_x = x.reshape(-1, x.shape[-1])
         acts = out.reshape(-1, out.shape[-1]).T  # (C, M)
-        keys = torch.arange(self.count, self.count + rows_x.shape[0])
+        keys = torch.arange(self.count, self.count + rows_x.shape[0], device=x.device)
         self.count += rows_x.shape[0]
 
         def fetch(wanted: Tensor) -> Tensor:
@@ -134,7 +132,7 @@ class TopInputs:
         """Token tensors read per image: each image at its most active token."""
         b, t, _ = out.shape
         acts, pos = out.max(1)  # (B, C)
-        base = torch.arange(self.count, self.count + b)
+        base = torch.arange(self.count, self.count + b, device=out.device)
         keys = (base[:, None] * t + pos).T
         self.count += b
 
@@ -148,7 +146,7 @@ class TopInputs:
         flat = out.reshape(b, out.shape[1], h * w)
         acts, pos = flat.max(2)  # (B, C): the most active position of each image
         positions = h * w
-        base = torch.arange(self.count, self.count + b)
+        base = torch.arange(self.count, self.count + b, device=out.device)
         keys = (base[:, None] * positions + pos).T  # (C, B)
         self.count += b
         conv = self.layer

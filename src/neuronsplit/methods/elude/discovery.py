@@ -33,9 +33,11 @@ from .reservoir import TopInputs, token_slice
 
 __all__ = ["discover", "DEFAULT_TOP_N"]
 
-#: samples kept per unit: enough for four clusters of at least ``min_cluster`` samples each with
-#: room to spare, small enough that a ViT-B layer clusters in seconds
-DEFAULT_TOP_N = 64
+#: samples kept per unit: a unit is read by its strongest activations, and clusters among those
+#: gave the purest subunits (validation split of the training digits, demo ViT, all MLP layers:
+#: top 24 +0.107, 32 +0.115, 48 +0.105, 64 +0.095, 128 +0.042 purity gain); still room for four
+#: clusters of ``min_cluster`` samples
+DEFAULT_TOP_N = 32
 _CHUNK = 256  # units whose contributions are materialised at once
 
 
@@ -141,7 +143,7 @@ def _layer_concepts(
                     found[u] = UnitConcepts(1, None, float("nan"), 0, "few_active")
                 continue
             vec = torch.stack([top.vectors(u) for u in group]).double()  # (G, m, D)
-            contrib = vec * weight[group].double().unsqueeze(1)
+            contrib = vec * weight[group].to(vec.device, torch.float64).unsqueeze(1)
             if conv_taps > 1:  # sum over the kernel taps: one contribution per input channel
                 contrib = contrib.reshape(*contrib.shape[:2], -1, conv_taps).sum(-1)
             norms = contrib.norm(dim=-1, keepdim=True)
@@ -192,8 +194,8 @@ def discover(
         best ``K >= 2`` whatever the silhouette.
     max_concepts : int, default 4
         Largest number of subunits per unit.
-    top_n : int, default 64
-        Samples kept per unit.
+    top_n : int, default 32
+        Samples kept per unit (its most active ones).
     tokens : {"all", "cls", "patch"}, default "all"
         For layers that see token tensors ``(B, T, D)``: which tokens are samples.
     samples : {"token", "image"}, default "token"
@@ -270,7 +272,7 @@ def discover(
         weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
         taps = int(np.prod(layer.kernel_size)) if isinstance(layer, nn.Conv2d) else 1
         with threadpool_limits(1):  # tiny k-means problems: threads cost more than they give
-            found = _layer_concepts(tops[name], weight.cpu(), unit_ids, rule, force, taps)
+            found = _layer_concepts(tops[name], weight, unit_ids, rule, force, taps)
         split = {u: c for u, c in found.items() if c.k >= 2}
         if split:
             order = sorted(split)
