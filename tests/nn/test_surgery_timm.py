@@ -9,6 +9,7 @@ import torch
 
 from helpers import assert_unchanged, layer_sizes, random_split, randomize_norms, snapshot
 from neuronsplit.nn import apply_plan, get_split_layer, verify_equivalence
+from neuronsplit.nn.layer_scale import folded_layer_scales
 from neuronsplit.plan import SplitPlan
 
 timm = pytest.importorskip("timm")
@@ -51,16 +52,22 @@ def _check(model, plan: SplitPlan) -> None:
             assert lay.max_ref > 0
             assert len(lay.split_units) == plan.layer(lay.layer).num_units
     assert_unchanged(model, snap)
+    folded = folded_layer_scales(split)
     for name, ls in plan.by_layer().items():
         layer = get_split_layer(split, name)
         assert layer.split_units == tuple(sorted(ls.units.tolist()))
         assert layer.form == ls.merge
         back = layer.unsplit()
         original = model.get_submodule(name)
-        assert torch.equal(back.weight, original.weight)
-        assert (back.bias is None) == (original.bias is None)
+        weight, bias = original.weight, original.bias
+        if name in folded:  # LayerScale folded in: the unsplit layer is gamma * the original
+            gamma = model.get_submodule(folded[name]).gamma
+            weight, bias = weight * gamma[:, None], None if bias is None else bias * gamma
+        assert torch.equal(back.weight, weight)
+        assert (back.bias is None) == (bias is None)
         if back.bias is not None:
-            assert torch.equal(back.bias, original.bias)
+            assert torch.equal(back.bias, bias)
+    return split
 
 
 def test_resnet50_exact() -> None:
@@ -86,4 +93,7 @@ def test_dinov2_exact_with_layerscale() -> None:
     )
     assert type(model.blocks[5].ls2).__name__ == "LayerScale"
     layers = {"blocks.5.mlp.fc2": 3, "blocks.5.mlp.fc1": 2, "blocks.1.attn.proj": 2}
-    _check(model, _plan(model, layers, seed=2))
+    split = _check(model, _plan(model, layers, seed=2))
+    assert folded_layer_scales(split) == {
+        "blocks.5.mlp.fc2": "blocks.5.ls2", "blocks.1.attn.proj": "blocks.1.ls1",
+    }  # fmt: skip

@@ -21,6 +21,7 @@ from .._checks import check_int, check_module, check_number
 from ..capture import capture, eval_mode, layer_kind, resolve_layer, unit_sum
 from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..nn import get_split_layer
+from ..nn.layer_scale import folded_layer_scales
 
 __all__ = ["ConceptFractions", "concept_fractions"]
 
@@ -131,7 +132,10 @@ def concept_fractions(
     device = split_layer.subunits.weight.device
     images, labels = images.to(device), labels.to(device)
     with eval_mode(original, split):
-        out, grad = _layer_io(original, layer, images, labels)
+        # a LayerScale folded into the split layer: read the original after it (gamma * A_c;
+        # rel_c is unchanged, A_c * dy/dA_c does not depend on the scale)
+        read = folded_layer_scales(split).get(layer, layer)
+        out, grad = _layer_io(original, read, images, labels)
         positive = unit_sum((out * grad).clamp(min=0), kind)  # clamp per position, then sum
         rel = positive[:, unit] / positive.sum(1).clamp(min=1e-30)
         with capture(split, {"subunits": split_layer.subunits}) as cap, torch.no_grad():

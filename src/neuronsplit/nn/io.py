@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..errors import (
 )
 from ..plan import SplitPlan
 from ..plan.files import write_plan
+from .layer_scale import FoldedLayerScale, folded_layer_scales, layer_scale_pairs
 from .split_layer import SPLIT_TYPES
 from .surgery import apply_plan, plan_of
 
@@ -46,7 +48,9 @@ def original_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of the model a (possibly) split ``model`` was made from.
 
     Keys ``<layer>.subunits.weight`` / ``.bias`` of split layers map back to ``<layer>.weight``
-    / ``.bias`` with the original number of rows; merge buffers are not in the state dict.
+    / ``.bias`` with the original number of rows; merge buffers are not in the state dict; a
+    LayerScale folded into a split layer (:class:`~neuronsplit.nn.layer_scale.FoldedLayerScale`)
+    gives back its ``<path>.gamma``.
 
     Examples
     --------
@@ -62,6 +66,8 @@ def original_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
                 if key in shapes:
                     shape = shapes.pop(key)
                     shapes[f"{prefix}{pname}"] = (mod.original_out, *shape[1:])
+        elif isinstance(mod, FoldedLayerScale):
+            shapes[f"{path}.gamma" if path else "gamma"] = (mod.dim,)
     return shapes
 
 
@@ -85,7 +91,9 @@ def save(
     The weights file holds the split model's full state dict (tensors copied to contiguous
     CPU storage, so shared/aliased tensors are fine). The plan files hold the plan
     reconstructed from the model's split layers plus meta: the neuronsplit version, the
-    original model class name and a fingerprint of the original parameter shapes. Merge
+    original model class name, a fingerprint of the original parameter shapes and, where
+    ``apply_plan`` folded a LayerScale, ``folded_layer_scales`` (``{layer: LayerScale path}``;
+    ``load`` folds them again, the saved rows already hold ``gamma``). Merge
     scales are not stored; steering in progress is therefore not saved. The model is not
     modified.
 
@@ -144,6 +152,9 @@ def save(
         "original_fingerprint": fingerprint(shapes),
         "num_tensors": len(shapes),
     }
+    folded = folded_layer_scales(split_model)
+    if folded:  # {split layer: LayerScale path}: their gammas are in the rows, not the file
+        full_meta["folded_layer_scales"] = folded
     plan = plan.with_meta(full_meta)
     paths = (directory / PLAN_TENSORS_FILE, directory / PLAN_FILE, directory / WEIGHTS_FILE)
     with staged(*paths) as (plan_tensors_tmp, plan_tmp, weights_tmp):  # renamed in this order
@@ -279,8 +290,10 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
             "hash in the weights file does not match); save the model again"
         )
     _check_fingerprint(plan, model, file_shapes, directory)
+    # files of neuronsplit <= 0.2 kept the LayerScale of a split fc2/proj (its gamma is saved)
+    fold = not any(f"{ls}.gamma" in file_shapes for ls in _folds(model, plan).values())
     try:
-        split = apply_plan(model, plan)
+        split = apply_plan(model, plan, fold_layer_scale=fold)
     except (UnknownLayerError, UnsupportedLayerError, PlanError) as err:
         raise PlanMismatchError(
             f"the plan in {str(plan_path)!r} does not fit the given {type(model).__name__}: {err}"
@@ -337,6 +350,12 @@ def _check_fingerprint(
             if key in orig_file:
                 shape = orig_file.pop(key)
                 orig_file[f"{name}.{pname}"] = (shape[0] - extra, *shape[1:])
+    folded = plan.meta.get("folded_layer_scales")
+    if not isinstance(folded, Mapping):
+        folded = _folds(model, plan)
+    for name, scale in folded.items():  # a folded gamma is not in the file
+        if f"{name}.weight" in orig_file:
+            orig_file.setdefault(f"{scale}.gamma", orig_file[f"{name}.weight"][:1])
     detail = _diff_message(type(model).__name__, shapes, orig_file) or "(shapes differ)"
     raise PlanMismatchError(
         f"{str(directory)!r} was saved from a {plan.meta.get('model_class', '?')} whose "
@@ -344,3 +363,9 @@ def _check_fingerprint(
         f"{saved_fp} vs {fingerprint(shapes)}); pass a fresh instance of the original "
         f"architecture. {detail}"
     )
+
+
+def _folds(model: nn.Module, plan: SplitPlan) -> dict[str, str]:
+    """``{planned layer: LayerScale path}`` that ``apply_plan`` may fold for this model."""
+    pairs = layer_scale_pairs(model)
+    return {name: pairs[name] for name in plan.layers if name in pairs}

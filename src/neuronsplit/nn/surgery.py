@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from .._checks import check_module
+from .._checks import check_bool, check_module
 from ..capture import check_plain, check_supported, layer_shape, resolve_layer
 from ..errors import ArgumentTypeError, PlanError, UnknownLayerError
 from ..plan import SplitPlan
+from .layer_scale import FoldedLayerScale, planned_folds, scaled_linear
 from .split_layer import SPLIT_TYPES, SplitConv2d, SplitLinear
 
 __all__ = ["apply_plan", "check_plan", "iter_split_layers", "get_split_layer", "plan_of"]
@@ -67,7 +68,7 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def apply_plan(model: nn.Module, plan: SplitPlan) -> nn.Module:
+def apply_plan(model: nn.Module, plan: SplitPlan, *, fold_layer_scale: bool = True) -> nn.Module:
     """Return a deep copy of ``model`` with the planned layers replaced by split layers.
 
     The plan is checked first (:func:`check_plan`); on any error nothing is returned and
@@ -82,6 +83,10 @@ def apply_plan(model: nn.Module, plan: SplitPlan) -> nn.Module:
         The original model.
     plan : SplitPlan
         The splits to apply.
+    fold_layer_scale : bool, default True
+        Fold the LayerScale of a timm ViT block into a planned ``attn.proj`` / ``mlp.fc2``
+        (see Notes). ``False`` keeps the LayerScale; the subunits are then the linear's
+        outputs before the scale (the behaviour of neuronsplit 0.2).
 
     Returns
     -------
@@ -92,6 +97,29 @@ def apply_plan(model: nn.Module, plan: SplitPlan) -> nn.Module:
     ------
     UnknownLayerError, UnsupportedLayerError, PlanError, PlanMismatchError
         See :func:`check_plan`.
+    ArgumentTypeError
+        ``plan`` is not a SplitPlan, or ``fold_layer_scale`` not a bool.
+
+    Notes
+    -----
+    **LayerScale (DINOv2).** When a planned layer is the ``attn.proj`` (``mlp.fc2``) of a timm
+    ViT ``Block`` whose ``ls1`` (``ls2``) is a ``timm.layers.LayerScale`` (``y * gamma``), the
+    copy's layer is split with its weight rows and bias multiplied by ``gamma``, and the
+    LayerScale is replaced by a
+    :class:`~neuronsplit.nn.layer_scale.FoldedLayerScale` (an ``nn.Identity``). This is exact
+    (``gamma (W h + b) = (gamma W) h + gamma b``; float64 to about 1e-12), and the subunits are
+    then the block's writes to the residual stream, ``ls(fc2(h))`` split, rather than
+    pre-scale values that ``gamma`` would rescale channel by channel. Only planned layers fold:
+    a block whose ``fc2`` is not split keeps its ``ls2``. Not folded (the LayerScale stays, the
+    split is still exact): a linear or LayerScale registered at several paths, and blocks,
+    attentions or MLPs that are subclasses with their own forward. Consequences:
+    ``layer.unsplit()`` gives the scaled linear (``gamma W``, with the Identity in place of the
+    LayerScale, the same function), the split model's state dict has no ``ls*.gamma`` for a
+    folded LayerScale (:func:`neuronsplit.nn.save` / :func:`neuronsplit.nn.load` handle it), and
+    :func:`verify_equivalence` compares the split layer with the original's LayerScale output.
+    The split layer's fast path (no one observing the rows) is then exact to rounding rather than
+    bitwise. Hooks on a folded LayerScale are not carried over. See
+    :mod:`neuronsplit.nn.layer_scale`.
 
     Examples
     --------
@@ -111,17 +139,28 @@ def apply_plan(model: nn.Module, plan: SplitPlan) -> nn.Module:
             f"plan must be a SplitPlan, got {type(plan).__name__}; build one with "
             "SplitPlan([UnitSplit(...), ...]) or SplitPlan.from_json(...)"
         )
+    check_bool(fold_layer_scale, "fold_layer_scale")
     check_plan(model, plan)
     new = copy.deepcopy(model)
     paths: dict[int, list[str]] = {}
     for name, mod in new.named_modules(remove_duplicate=False):
         paths.setdefault(id(mod), []).append(name)
-    for name, layer_split in plan.by_layer().items():
+    by_layer = plan.by_layer()
+    folds = planned_folds(new, by_layer, paths) if fold_layer_scale else {}
+    for name, layer_split in by_layer.items():
         old = new.get_submodule(name)
         cls = SplitConv2d if isinstance(old, nn.Conv2d) else SplitLinear
-        replacement = cls(old, layer_split)
+        source = old
+        if name in folds:  # gamma into the rows (a new Linear: a tied weight stays as it is)
+            source = scaled_linear(old, new.get_submodule(folds[name]))
+        replacement = cls(source, layer_split)
         for path in paths[id(old)]:
             _set_module(new, path, replacement)
+    for name, scale_path in folds.items():
+        block = scale_path.rpartition(".")[0]
+        relative = name[len(block) + 1 :] if block else name
+        dim = new.get_submodule(scale_path).gamma.shape[0]
+        _set_module(new, scale_path, FoldedLayerScale(dim, relative))
     return new
 
 

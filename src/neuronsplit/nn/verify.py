@@ -2,7 +2,8 @@
 
 Both models are deep-copied to each requested dtype and run in eval mode under ``no_grad``.
 Besides the model outputs, every split layer's merged output is compared with the original
-layer's output through forward hooks, unit by unit.
+layer's output through forward hooks, unit by unit (with the output of the original's LayerScale
+where ``apply_plan`` folded one into the split layer).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..errors import (
     NotExactError,
     PlanMismatchError,
 )
+from .layer_scale import folded_layer_scales, with_fold_rounding
 from .report import DtypeResult, EquivalenceReport, LayerResult, UnitDiff, _key
 from .split_layer import explicit_rows
 from .surgery import iter_split_layers
@@ -152,11 +154,15 @@ def _run_dtype(
     allow_unused: bool = False,
 ) -> DtypeResult:
     """Run both models (deep copies in ``dtype``, eval, no_grad) and compare."""
-    orig = copy.deepcopy(original).to(dtype).eval()
     new = copy.deepcopy(split).to(dtype).eval()
+    # a layer with a LayerScale folded in computes what the original's LayerScale outputs,
+    # with gamma * W rounded in the model's dtype (given to the reference for precise dtypes)
+    folded = folded_layer_scales(new)
+    orig = with_fold_rounding(copy.deepcopy(original).to(dtype), original, folded).eval()
     layers = list(iter_split_layers(new))
     orig_mods = dict(orig.named_modules())
-    missing = [n for n, _ in layers if n not in orig_mods]
+    target = {n: folded.get(n, n) for n, _ in layers}
+    missing = [n for n, _ in layers if target[n] not in orig_mods]
     if missing:
         raise PlanMismatchError(
             f"the original model has no layer(s) {missing}; pass the model the split was made from"
@@ -169,7 +175,7 @@ def _run_dtype(
     device = _device(orig)
     names = [n for n, _ in layers]
     with (
-        capture(orig, {n: orig_mods[n] for n in names}) as cap_o,
+        capture(orig, {n: orig_mods[target[n]] for n in names}) as cap_o,
         capture(new, dict(layers)) as cap_s,
         explicit_rows(new),  # check the rows, not the original layer unobserved inference runs
         torch.no_grad(),
