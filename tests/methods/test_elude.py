@@ -262,3 +262,28 @@ def test_layer_run_twice_is_refused() -> None:
     model = nn.Sequential(shared, nn.ReLU(), shared)
     with pytest.raises(UnsupportedLayerError, match="2 times"):
         ns.discover(model, [torch.randn(8, 4)], ["0"], progress=False)
+
+
+def test_layer_scale_sign_sets_the_ranking() -> None:
+    layer = nn.Linear(4, 2)
+    x = torch.randn(50, 4)
+    top = TopInputs(layer, 5, sign=torch.tensor([1.0, -1.0]))
+    top.update(x, layer(x))
+    z = layer(x).detach()
+    assert torch.allclose(top.values[0].float(), z[:, 0].topk(5).values)
+    assert torch.allclose(top.values[1].float(), (-z[:, 1]).topk(5).values)  # gamma < 0
+
+
+def test_dinov2_style_layer_scale_with_negative_gammas() -> None:
+    vit = _tiny_vit(reg_tokens=2, init_values=1.0)
+    with torch.no_grad():
+        for block in vit.blocks:
+            block.ls1.gamma.uniform_(-1, 1)
+            block.ls2.gamma.uniform_(-1, 1)
+    images = torch.randn(300, 1, 8, 8)
+    layers = ["blocks.0.mlp.fc2", "blocks.1.attn.proj"]
+    plan = ns.discover(vit, _batches(images, 64), layers, units="all", progress=False)
+    split = ns.apply_plan(vit, plan)
+    assert isinstance(split.blocks[0].ls2, nn.Identity)  # folded: subunits are residual writes
+    report = ns.verify_equivalence(vit, split, images[:32], dtype=(torch.float64, torch.float32))
+    assert report.passed, report

@@ -7,7 +7,8 @@ looked up, and the labels of each set scored: **purity** (share of the most comm
 are purer than the unit's. Labels are only read here, never by the methods being judged.
 
 The subunit activations are computed from the layer's input and the plan (``t_k``: the inputs
-routed to subunit ``k`` times their weights; Hesse's overlap form adds the residual), so the same
+routed to subunit ``k`` times their weights; Hesse's overlap form adds the residual; a LayerScale
+that :func:`~neuronsplit.apply_plan` folds into the layer scales them too), so the same
 pass also scores a **random** control: for every unit, its assignment row shuffled (same group
 sizes). A rule that finds nothing scores about the random control.
 """
@@ -25,6 +26,7 @@ from torch.nn import functional as F
 
 from .._checks import check_int, check_module
 from ..capture import capture, eval_mode, resolve_layer
+from ..capture.layer_scales import layer_scale_pairs
 from ..errors import InvalidArgumentError
 from ..plan import LayerSplit, SplitPlan
 
@@ -99,11 +101,17 @@ def label_purity(labels: Tensor) -> tuple[float, float]:
     return float(p.max()), float(-(p * p.log2()).sum()) + 0.0
 
 
-def _masked_weights(layer: nn.Module, split: LayerSplit, rows: Tensor) -> tuple[Tensor, Tensor]:
+def _masked_weights(
+    layer: nn.Module, split: LayerSplit, rows: Tensor, scale: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """Stacked weights ``(sum K + units, ...)`` of every subunit, then every whole unit, and
-    the bias to add to each (``overlap``: subunits carry the residual and the bias)."""
+    the bias to add to each (``overlap``: subunits carry the residual and the bias). ``scale``:
+    a LayerScale that ``apply_plan`` folds into the rows (the subunits are ``gamma * t_k``)."""
     w = layer.weight.detach().double()
     b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0])
+    if scale is not None:
+        g = scale.detach().double().to(w.device)
+        w, b = w * g.reshape(-1, *([1] * (w.dim() - 1))), b * g
     parts, bias = [], []
     for s, unit in enumerate(split.units.tolist()):
         row = rows[s]
@@ -158,11 +166,15 @@ def top_k_purity(
         raise InvalidArgumentError("the plan splits no unit; there is nothing to score")
     gen = torch.Generator().manual_seed(seed)
     layers = {name: resolve_layer(model, name) for name in plan.layers}
+    pairs = layer_scale_pairs(model)
+    scales = {n: model.get_submodule(pairs[n]).gamma for n in layers if n in pairs}
     stacks = {}
     for name, split in plan.by_layer().items():
         real = split.assignment.long()
         shuffled = torch.stack([row[torch.randperm(row.numel(), generator=gen)] for row in real])
-        stacks[name] = [_masked_weights(layers[name], split, r) for r in (real, shuffled)]
+        stacks[name] = [
+            _masked_weights(layers[name], split, r, scales.get(name)) for r in (real, shuffled)
+        ]
     acts: dict[str, list[list[Tensor]]] = {name: [[], []] for name in layers}
     labels = []
     with eval_mode(model), torch.no_grad(), capture(model, layers, outputs=False, inputs=True,

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..._checks import check_bool, check_choice, check_int, check_module, check_names, check_number
 from ..._progress import progress_bar
 from ...capture import capture, check_plain, check_supported, eval_mode, layer_shape, resolve_layer
+from ...capture.layer_scales import layer_scale_pairs
 from ...errors import (
     ArgumentTypeError,
     InputShapeError,
@@ -94,11 +95,29 @@ def _units(units: Any, n_units: int, name: str) -> tuple[list[int], bool]:
     return sorted(set(ids)), False
 
 
+def _write_signs(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
+    """Per layer followed by a timm LayerScale (DINOv2), the sign of its scale per unit.
+
+    ``apply_plan`` folds the scale into the split rows, so the subunits are the block's writes
+    ``gamma * z``: a unit is ranked, and its contributions read, in that direction.
+    """
+    pairs = layer_scale_pairs(model)
+    return {
+        name: model.get_submodule(pairs[name]).gamma.detach().sign().cpu()
+        for name in names
+        if name in pairs
+    }
+
+
 def _collect(
     model: nn.Module, loader: Iterable[Any], layers: dict[str, nn.Module], top_n: int,
     tokens: slice, per_image: bool, max_batches: int | None, progress: bool,
 ) -> dict[str, TopInputs]:  # fmt: skip
-    tops = {name: TopInputs(layer, top_n, tokens, per_image) for name, layer in layers.items()}
+    signs = _write_signs(model, layers)
+    tops = {
+        name: TopInputs(layer, top_n, tokens, per_image, signs.get(name))
+        for name, layer in layers.items()
+    }
     device = next((p.device for p in model.parameters()), None)
 
     def record(module: nn.Module, x: Tensor, out: Tensor) -> None:
@@ -144,6 +163,8 @@ def _layer_concepts(
                 continue
             vec = torch.stack([top.vectors(u) for u in group]).double()  # (G, m, D)
             contrib = vec * weight[group].to(vec.device, torch.float64).unsqueeze(1)
+            if top.sign is not None:  # contributions to the write gamma * z
+                contrib = contrib * top.sign[group].to(contrib).reshape(-1, 1, 1)
             if conv_taps > 1:  # sum over the kernel taps: one contribution per input channel
                 contrib = contrib.reshape(*contrib.shape[:2], -1, conv_taps).sum(-1)
             norms = contrib.norm(dim=-1, keepdim=True)

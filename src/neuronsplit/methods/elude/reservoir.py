@@ -46,6 +46,11 @@ class TopInputs:
         Samples kept per unit.
     tokens : slice
         Token positions that count as samples when the layer sees ``(B, T, D)`` tensors.
+    per_image : bool
+        Token tensors are read per image, at each unit's most active token.
+    sign : Tensor, optional
+        ``(C,)`` per-unit signs the activations are multiplied by before ranking (``-1`` where a
+        LayerScale with a negative scale follows: the block writes ``gamma * z``).
 
     Attributes
     ----------
@@ -70,6 +75,7 @@ class TopInputs:
     n: int
     tokens: slice = field(default_factory=lambda: slice(None))
     per_image: bool = False
+    sign: Tensor | None = None
     values: Tensor = field(init=False)
     keys: Tensor = field(init=False)
     pool_keys: Tensor = field(init=False)
@@ -95,6 +101,8 @@ class TopInputs:
             acts, keys, fetch = self._conv(x, out)
         else:
             acts, keys, fetch = self._linear(x, out)
+        if self.sign is not None:  # rank by the residual write gamma * z (see discovery.py)
+            acts = acts * self.sign.to(acts.device, acts.dtype)[:, None]
         if not torch.isfinite(acts).all():
             raise NonFiniteError(
                 "the layer's activations contain NaN or inf on the samples seen so far "
