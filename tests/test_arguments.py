@@ -101,6 +101,19 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("disentangle plan", lambda w: ns.Disentangle(w["model"], {"0": 1}), ArgumentTypeError, "plan must be a SplitPlan"),
     ("selector token", lambda w: ns.subunit_selector(w["split"], ("0", 1, 1), token=0), InvalidArgumentError, "token=0 needs a token output"),
     ("selector ndim", lambda w: ns.subunit_selector(w["split"], ("0", 1, 1), ndim=1), InvalidArgumentError, "ndim must be >= 2"),
+    # steering
+    ("steer model", lambda w: ns.steer("m", {}), ArgumentTypeError, "split_model must be a torch.nn.Module, got str"),
+    ("steer scales", lambda w: ns.steer(w["split"], [("0", 1, 0)]), ArgumentTypeError, "scales must be a mapping"),
+    ("steer key", lambda w: ns.steer(w["split"], {"0": 0.0}), ArgumentTypeError, r"SubunitRef or a \(layer, unit, k\) tuple, got str '0'"),
+    ("steer layer", lambda w: ns.steer(w["split"], {("2", 0, 0): 0.0}), UnknownLayerError, "not a split layer"),
+    ("steer unknown layer", lambda w: ns.steer(w["split"], {("9", 0, 0): 0.0}), UnknownLayerError, "no layer '9'"),
+    ("steer unit", lambda w: ns.steer(w["split"], {("0", 0, 0): 0.0}), ns.UnknownSubunitError, "unit 0 is not split"),
+    ("steer k", lambda w: ns.steer(w["split"], {("0", 1, 2): 0.0}), ns.UnknownSubunitError, "subunit k=2 does not exist"),
+    ("steer alpha", lambda w: ns.steer(w["split"], {("0", 1, 0): float("inf")}), InvalidArgumentError, "must be finite, got inf"),
+    ("steer alpha type", lambda w: ns.steer(w["split"], {("0", 1, 0): None}), ArgumentTypeError, "must be a number, got NoneType"),
+    ("steer twice", lambda w: ns.steer(w["split"], {("0", 1, -1): 0.0, ("0", 1, "residual"): 1.0}), InvalidArgumentError, "twice"),
+    ("steer permanent", lambda w: ns.steer(w["split"], {}, permanent=1), ArgumentTypeError, "permanent must be True or False"),
+    ("steer scales file", lambda w: ns.nn.load_scales("/nonexistent-scales.json"), MissingFileError, "/nonexistent-scales.json"),
     ("merge scale", lambda w: w["split"][0].merge.scaled({(1, 1): float("nan")}).__enter__(), InvalidArgumentError, "must be finite, got nan"),
     ("merge scale type", lambda w: w["split"][0].merge.scaled({(1, 1): "x"}).__enter__(), ArgumentTypeError, "must be a number, got 'x'"),
     ("fractions tau", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]], tau=2), InvalidArgumentError, r"tau must be in \[0, 1\]"),
@@ -145,6 +158,11 @@ def test_argument_checks(
         (["demo", "--gamma", "2"], r"argument --gamma: 2.0 is not in \[-1, 1\]"),
         (["demo", "--top", "two"], "argument --top: 'two' is not an integer"),
         (["insights", "--port", "70000"], r"argument --port: 70000 is not in \[0, 65535\]"),
+        (
+            "steer --model demo --split s --scales a.json --out o --num-classes 0".split(),
+            "argument --num-classes: 0 is not >= 1",
+        ),
+        (["steer", "--model", "demo"], "required: --split, --scales, --out"),
     ],
 )
 def test_cli_options_are_checked(

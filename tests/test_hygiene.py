@@ -198,6 +198,14 @@ def _steer(w: World, scales: dict, fail: bool = False) -> Any:
     return out
 
 
+def _steer_api(w: World, fail: bool = False) -> Any:
+    with ns.steer(w.split, {("fc", 1, 0): 0.0}), ns.steer(w.split, {("conv", 2, 1): 3.0}):
+        out = w.split(_x())
+        if fail:
+            raise RuntimeError("failure inside ns.steer")
+    return out
+
+
 def _rows(w: World, fail: bool = False) -> Any:
     with explicit_rows(w.split):
         out = w.split(_x())
@@ -529,6 +537,39 @@ CASES: dict[str, Case] = {
     "concept_fractions_bad_layer": Case(
         lambda w: _fractions(w, layer="nope"), (UnknownLayerError, LookupError)
     ),
+    "top_k_purity": Case(lambda w: ns.top_k_purity(w.original, PLAN, _loader(), k=3)),
+    "top_k_purity_raises_mid_forward": Case(
+        lambda w: ns.top_k_purity(w.original, PLAN, _loader(), k=3), RuntimeError, True
+    ),
+    # ------------------------------------------------------------------ discovery (ELUDe)
+    "discover": Case(
+        lambda w: ns.discover(
+            w.original, _loader(48), ["conv", "fc"], top_n=8, units="all", progress=False
+        )  # fmt: skip
+    ),
+    "discover_raises_mid_forward": Case(
+        lambda w: ns.discover(w.original, _loader(), ["conv"], top_n=8, progress=False),
+        RuntimeError,
+        True,
+    ),
+    "discover_nan_input": Case(
+        lambda w: ns.discover(w.original, _nan_loader(), ["fc"], top_n=8, progress=False),
+        NonFiniteError,
+    ),
+    "discover_split_layer": Case(
+        lambda w: ns.discover(w.split, _loader(), ["fc"], top_n=8, progress=False), PlanError
+    ),
+    # ------------------------------------------------------------------ steering
+    # the block calls the model itself (train mode would move BatchNorm statistics: the
+    # user's call, not ours), so these run in eval mode
+    "steer": Case(lambda w: _steer_api(w), train=False),
+    "steer_fails_inside": Case(lambda w: _steer_api(w, fail=True), RuntimeError, train=False),
+    "steer_permanent": Case(
+        lambda w: ns.steer(w.split, {("fc", 1, 0): 0.0, ("conv", 2, -1): 2.0}, permanent=True)
+    ),
+    "steer_unknown_subunit": Case(
+        lambda w: ns.steer(w.split, {("fc", 1, 5): 0.0}, permanent=True), UnknownSubunitError
+    ),
     # ------------------------------------------------------------------ loading
     "load_timm_model": Case(lambda w: ns.load_timm_model("test_resnet", num_classes=3)),
     "load_timm_model_missing_weights": Case(
@@ -583,7 +624,7 @@ def test_every_public_entry_point_has_a_success_and_a_failure_case() -> None:
         "scan", "find_polysemantic", "plan_split", "apply_plan", "verify", "explicit_rows",
         "index_merge_scaled", "save", "load", "disentangle", "attribute", "attribute_unit",
         "compute_convergence_delta", "subunit_selector", "subunit_layer", "concept_fractions",
-        "load_timm_model", "image_folder_loader",
+        "load_timm_model", "image_folder_loader", "top_k_purity", "discover", "steer",
     }  # fmt: skip
     for name in covered:
         mine = [c for n, c in CASES.items() if n == name or n.startswith(f"{name}_")]

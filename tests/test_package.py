@@ -88,14 +88,21 @@ def test_every_public_name_resolves() -> None:
 
 def test_internals_live_in_their_subpackages() -> None:
     from neuronsplit.methods.hesse import rho_partition
-    from neuronsplit.nn import IndexMerge, get_split_layer, iter_split_layers, plan_of
+    from neuronsplit.nn import (
+        IndexMerge,
+        Steering,
+        get_split_layer,
+        iter_split_layers,
+        load_scales,
+        plan_of,
+    )
     from neuronsplit.stats import LayerStats
 
     for name in ("IndexMerge", "iter_split_layers", "get_split_layer", "plan_of", "LayerStats",
-                 "rho_partition"):  # fmt: skip
+                 "rho_partition", "Steering", "load_scales"):  # fmt: skip
         assert name not in ns.__all__
     assert callable(rho_partition) and callable(plan_of) and callable(get_split_layer)
-    assert IndexMerge and iter_split_layers and LayerStats
+    assert IndexMerge and iter_split_layers and LayerStats and Steering and callable(load_scales)
 
 
 def test_subpackages_import_each_other_without_cycles() -> None:
@@ -171,8 +178,10 @@ def test_modules_are_small() -> None:
 
 def test_submodule_imports_do_not_shadow_public_functions() -> None:
     code = (
-        "import neuronsplit as ns, neuronsplit.stats.scanner, neuronsplit.nn.io, neuronsplit.demo;"
-        "assert callable(ns.scan) and callable(ns.save) and callable(ns.load), (ns.scan, ns.save)"
+        "import neuronsplit as ns, neuronsplit.stats.scanner, neuronsplit.nn.io, neuronsplit.demo,"
+        " neuronsplit.nn.steering;"
+        "assert callable(ns.scan) and callable(ns.save) and callable(ns.load), (ns.scan, ns.save);"
+        "assert callable(ns.steer) and callable(ns.nn.steer), ns.steer"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-800:]

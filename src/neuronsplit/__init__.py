@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "EquivalenceReport": "nn",
     "save": "nn",
     "load": "nn",
+    "steer": "nn",
     # captum integration
     "Disentangle": "attribution",
     "UnitAttribution": "attribution",

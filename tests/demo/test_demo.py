@@ -5,24 +5,31 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
 from neuronsplit.cli import main
+from neuronsplit.plan import SplitPlan
+
+#: the issue's target for the demo ViT (ELUDe, issue 10)
+TARGET = {"purity_gain": 0.10, "split_fraction": 0.333}
+VIT_LAYERS = [f"blocks.{i}.mlp.{fc}" for i in range(4) for fc in ("fc1", "fc2")]
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+    """One ``neuronsplit demo`` run (both pipelines, about 30-60 s) shared by every test."""
     out = tmp_path_factory.mktemp("demo")
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = main(["demo", "--out", str(out), "--quiet"])
     assert code == 0
-    return json.loads((out / "summary.json").read_text()), buffer.getvalue()
+    return json.loads((out / "summary.json").read_text()), buffer.getvalue(), out
 
 
-def test_demo_summary_schema_and_equivalence(demo_run: tuple[dict, str]) -> None:
-    summary, printed = demo_run
+def test_demo_summary_schema_and_equivalence(demo_run: tuple[dict, str, Path]) -> None:
+    summary, printed, _ = demo_run
     for key in ("test_accuracy", "params", "scan", "units", "equivalence", "plan", "test_images"):
         assert key in summary
     assert summary["test_accuracy"] > 0.9
@@ -42,10 +49,10 @@ def test_demo_summary_schema_and_equivalence(demo_run: tuple[dict, str]) -> None
             )
 
 
-def test_demo_concepts_keep_polysemantic_classes_apart(demo_run: tuple[dict, str]) -> None:
+def test_demo_concepts_keep_polysemantic_classes_apart(demo_run: tuple[dict, str, Path]) -> None:
     """Complete linkage: two gamma-polysemantic classes (cosine < gamma) never share a concept,
     and the concepts partition the classes that take part in a polysemantic pair."""
-    summary, _ = demo_run
+    summary, _, _ = demo_run
     gamma = summary["params"]["gamma"]
     for unit in (u for u in summary["units"] if u["split"]):
         concepts = [set(c) for c in unit["concepts"]]
@@ -59,9 +66,9 @@ def test_demo_concepts_keep_polysemantic_classes_apart(demo_run: tuple[dict, str
         assert unit["merge"] in ("overlap", "disjoint")
 
 
-def test_demo_subunits_carry_their_concept(demo_run: tuple[dict, str]) -> None:
+def test_demo_subunits_carry_their_concept(demo_run: tuple[dict, str, Path]) -> None:
     """On concept-k test images subunit k carries most of the unit, the others little."""
-    summary, _ = demo_run
+    summary, _, _ = demo_run
     for unit in (u for u in summary["units"] if u["split"]):
         assert len(unit["fractions"]) == len(unit["concepts"]) >= 2
         for k, frac in enumerate(unit["fractions"]):
@@ -78,3 +85,68 @@ def test_demo_subunits_carry_their_concept(demo_run: tuple[dict, str]) -> None:
             else:  # z = sum_k t_k + r
                 total = sum(means) + frac["residual_mean"]
             assert total == pytest.approx(1.0, abs=1e-4)
+
+
+def test_demo_vit_section(demo_run: tuple[dict, str, Path]) -> None:
+    """ELUDe on the demo ViT: exact, and its subunits' top test images purer than the units'
+    by a clear margin over the random control."""
+    summary, printed, out = demo_run
+    vit = summary["vit"]
+    assert list(vit["layers"]) == VIT_LAYERS == vit["params"]["layers"]
+    eq = vit["equivalence"]
+    assert eq["passed"] is True
+    assert eq["max_abs_delta_logit"]["float32"] < 1e-4
+    assert eq["max_abs_delta_logit"]["float64"] < 1e-10
+    assert {lay["layer"] for row in eq["rows"] for lay in row["layers"]} <= set(VIT_LAYERS)
+    split = vit["split"]
+    assert split["examined"] == sum(v["examined"] for v in vit["layers"].values()) == 4 * 192
+    assert split["split"] == sum(v["split"] for v in vit["layers"].values())
+    assert 0 < split["split_fraction"] == split["split"] / split["examined"] <= 1
+    assert sum(split["k_histogram"].values()) == split["split"]
+    assert 2 <= split["mean_k"] <= vit["params"]["max_concepts"]
+    for fc in ("fc1", "fc2"):
+        part = vit["by_type"][fc]
+        assert part["examined"] == 4 * (128 if fc == "fc1" else 64)
+        assert part["purity"]["units"] == part["split"]
+    assert sum(vit["by_type"][fc]["split"] for fc in ("fc1", "fc2")) == split["split"]
+    purity = vit["purity"]
+    assert purity["units"] == split["split"] and purity["k"] == 20
+    assert purity["purity_gain"] > purity["random_gain"] + 0.05
+    assert purity["entropy_change"] < 0
+    assert vit["target"] == TARGET
+    met = purity["purity_gain"] >= TARGET["purity_gain"]
+    assert vit["met"] is (met and split["split_fraction"] >= TARGET["split_fraction"])
+    plan = SplitPlan.from_json(out / vit["plan_file"])
+    assert plan.num_units == split["split"] and set(plan.layers) <= set(VIT_LAYERS)
+    assert "DigitsViT" in printed and ("NOT MET" in printed) is (not vit["met"])
+    assert printed.count("PASS") == 2
+
+
+def test_demo_cnn_discover_beside_hesse(demo_run: tuple[dict, str, Path]) -> None:
+    """discover runs on the units Hesse split; both plans are scored on the same test images."""
+    summary, printed, _ = demo_run
+    c = summary["cnn_vs_discover"]
+    hesse_units = {u["unit"]: u for u in summary["units"] if u["split"]}
+    assert c["layer"] == summary["layer"]
+    assert sorted(row["unit"] for row in c["units"]) == sorted(hesse_units)
+    assert c["hesse"]["units"] == len(hesse_units)
+    assert c["discover_meta"]["examined"] == len(hesse_units)
+    n_found = sum(row["discover"]["k"] >= 2 for row in c["units"])
+    assert c["discover_meta"]["split"] == n_found
+    assert (c["discover"] is None) is (n_found == 0)
+    for row in c["units"]:
+        assert row["hesse"]["k"] == len(hesse_units[row["unit"]]["concepts"])
+        assert 1 <= row["discover"]["k"] <= 4
+        for name in ("hesse", "discover"):
+            gain = row[name]["purity_gain"]
+            assert (gain is None) is (row[name]["k"] == 1)
+            if gain is not None:
+                assert -1 <= gain <= 1
+                assert gain == pytest.approx(row[name]["subunit_purity"] - row["unit_purity"])
+    assert "ELUDe discover (no labels) on the units Hesse split" in printed
+
+
+def test_demo_summary_round_trips_as_json(demo_run: tuple[dict, str, Path]) -> None:
+    summary, _, out = demo_run
+    assert json.loads(json.dumps(summary)) == summary
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "plan_vit.json", "summary.json"]

@@ -2,6 +2,9 @@
 
 ``neuronsplit demo --out DIR`` runs :func:`run_demo` and writes ``DIR/summary.json`` (schema in the
 README). Everything is embedded: scikit-learn's digits, a model trained in a few seconds (cached).
+Besides Hesse et al.'s labelled split of the CNN it runs the unsupervised half
+(:mod:`neuronsplit.demo.vit_pipeline`): ELUDe's ``discover`` on the demo ViT's MLP layers
+(``summary["vit"]``) and on the CNN units Hesse split (``summary["cnn_vs_discover"]``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from .._checks import check_int, check_number
+from .._checks import check_bool, check_int, check_number
 from ..errors import EmptyClassError
 from ..evaluation import concept_fractions
 from ..methods.hesse import PolysemanticUnit, find_polysemantic, plan_split
@@ -24,6 +27,7 @@ from ..plan import SplitPlan
 from ..stats import ScanResult, scan
 from .data import digits_loader, load_digits
 from .model import DEMO_LAYER, get_demo_model
+from .vit_pipeline import cnn_vs_discover, run_vit_demo
 
 __all__ = ["run_demo", "format_table", "demo_plan"]
 
@@ -66,8 +70,9 @@ def run_demo(
     p: float = 0.75,
     gamma: float = 0.5,
     progress: bool = True,
+    unsupervised: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole pipeline on the embedded digits model and write ``summary.json``.
+    """Run the whole pipeline on the embedded digits models and write ``summary.json``.
 
     Parameters
     ----------
@@ -81,6 +86,10 @@ def run_demo(
         Detection parameters (Hesse et al.'s defaults).
     progress : bool
         Show progress bars.
+    unsupervised : bool, default True
+        Also run ELUDe's ``discover``: on the demo ViT (:func:`~.vit_pipeline.run_vit_demo`,
+        ``summary["vit"]``, ``DIR/plan_vit.json``) and on the CNN units Hesse's plan split
+        (:func:`~.vit_pipeline.cnn_vs_discover`, ``summary["cnn_vs_discover"]``).
 
     Returns
     -------
@@ -88,6 +97,7 @@ def run_demo(
         The summary that was written.
     """
     check_int(top, "top (units to split)", low=1)
+    check_bool(unsupervised, "unsupervised")
     check_number(tau, "tau", low=0.0, high=1.0, low_open=True)
     check_number(p, "p", low=0.0, high=1.0, low_open=True)
     check_number(gamma, "gamma", low=-1.0, high=1.0)
@@ -130,7 +140,7 @@ def run_demo(
                 fractions=[f.to_dict() for f in fractions],
             )
         rows.append(row)
-    summary = {
+    summary: dict[str, Any] = {
         "neuronsplit_version": __version__,
         "model": "DigitsNet (scikit-learn digits, 8x8)",
         "layer": DEMO_LAYER,
@@ -151,8 +161,11 @@ def run_demo(
             "report": report.to_dict(),
         },
         "plan": json.loads(plan.to_json()),
-        "seconds": time.perf_counter() - start,
     }
+    if unsupervised:
+        summary["cnn_vs_discover"] = cnn_vs_discover(model, plan, DEMO_LAYER, progress=progress)
+        summary["vit"] = run_vit_demo(out, cache_dir=cache_dir, progress=progress)
+    summary["seconds"] = time.perf_counter() - start
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "plan.json").write_text(plan.to_json())
     return summary
@@ -192,4 +205,77 @@ def format_table(summary: dict[str, Any]) -> str:
         f"split model vs original on the {summary['test_images']} test images: "
         f"max |delta logit| = {eq['max_abs_delta_logit']:.3g} ({'PASS' if eq['passed'] else 'FAIL'})",
     ]
+    if "cnn_vs_discover" in summary:
+        lines += ["", *_compare_lines(summary["cnn_vs_discover"])]
+    if "vit" in summary:
+        lines += ["", *_vit_lines(summary["vit"], summary["test_images"])]
     return "\n".join(lines)
+
+
+def _gain(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def _compare_lines(c: dict[str, Any]) -> list[str]:
+    """Hesse's labelled split and ELUDe's discover on the same CNN units."""
+    lines = [
+        f"ELUDe discover (no labels) on the units Hesse split, top-{c['k']} label purity of "
+        "the test images (subunits - unit):",
+        f"{'unit':>4}  {'Hesse K':>7} {'gain':>7}  {'discover K':>10} {'gain':>7}",
+    ]
+    for row in c["units"]:
+        h, d = row["hesse"], row["discover"]
+        lines.append(
+            f"{row['unit']:>4}  {h['k']:>7} {_gain(h['purity_gain']):>7}  {d['k']:>10} "
+            f"{_gain(d['purity_gain']):>7}"
+        )
+    for name in ("hesse", "discover"):
+        rep = c[name]
+        if rep is None:
+            lines.append(f"{name}: split none of these units")
+        else:
+            lines.append(
+                f"{name}: mean gain {_gain(rep['purity_gain'])} over {rep['units']} split "
+                f"unit(s) (random control {_gain(rep['random_gain'])})"
+            )
+    return lines
+
+
+def _mean_k(hist: dict[str, int]) -> float:
+    n = sum(hist.values())
+    return sum(int(k) * v for k, v in hist.items()) / n if n else 1.0
+
+
+def _vit_lines(v: dict[str, Any], n_test: int) -> list[str]:
+    """The demo ViT: ELUDe's split of every MLP layer and its top-k purity."""
+    k = v["purity"]["k"]
+    lines = [
+        f"DigitsViT: test accuracy {v['test_accuracy']:.3f}; ELUDe discover on "
+        f"{len(v['layers'])} MLP layers (training digits, no labels), top-{k} label purity "
+        "on the test digits:",
+        f"{'layer':<18} {'split':>9}  {'mean K':>6}  {'purity gain':>11}  {'random':>7}",
+    ]
+    for name, lay in v["layers"].items():
+        pur = lay["purity"]
+        lines.append(
+            f"{name:<18} {lay['split']:>4}/{lay['examined']:<4}  {_mean_k(lay['k_histogram']):>6.2f}"
+            f"  {_gain(pur.get('purity_gain')):>11}  {_gain(pur.get('random_gain')):>7}"
+        )
+    for name, part in (("all", {**v["split"], "purity": v["purity"]}), *v["by_type"].items()):
+        pur = part["purity"]
+        lines.append(
+            f"{name:<4} {part['split']}/{part['examined']} units split "
+            f"({part['split_fraction']:.0%}, mean K {part['mean_k']:.2f}): purity "
+            f"{pur['unit_purity']:.3f} -> {pur['subunit_purity']:.3f} "
+            f"({_gain(pur['purity_gain'])}; random {_gain(pur['random_gain'])}), "
+            f"entropy {pur['entropy_change']:+.2f} bits"
+        )
+    target, eq = v["target"], v["equivalence"]
+    delta = ", ".join(f"{d:.3g} ({t})" for t, d in eq["max_abs_delta_logit"].items())
+    lines += [
+        f"target: purity gain >= {target['purity_gain']:+.2f} with >= "
+        f"{target['split_fraction']:.0%} of units split: {'MET' if v['met'] else 'NOT MET'}",
+        f"split ViT vs original on the {n_test} test images: max |delta logit| = {delta} "
+        f"({'PASS' if eq['passed'] else 'FAIL'})",
+    ]
+    return lines
