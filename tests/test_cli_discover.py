@@ -114,7 +114,7 @@ def test_discover_timm_vit_from_name_and_local_weights(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model": "no_such_model_xyz"}, "neither demo-cnn, demo, demo-vit nor a timm model"),
+        ({"model": "no_such_model_xyz"}, "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm"),
         ({"model": "weights.safetensors"}, "is a file; --model takes the architecture"),
         ({"weights": "w.safetensors"}, "apply to timm models, not to 'demo-vit'"),
         ({"image_size": 16}, "takes 8x8 images"),

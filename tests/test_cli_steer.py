@@ -15,7 +15,7 @@ import torch
 
 import neuronsplit as ns
 from neuronsplit.cli import main
-from neuronsplit.cli_steer import build_model
+from neuronsplit.cli_models import build_model
 from neuronsplit.demo import get_demo_model, load_digits
 from neuronsplit.errors import InvalidArgumentError
 from neuronsplit.nn import load_scales
@@ -108,12 +108,12 @@ def test_steer_command_reports_user_errors(
 
 
 def test_build_model_options() -> None:
-    assert type(build_model("demo")).__name__ == "DigitsNet"
-    assert type(build_model("demo-cnn")).__name__ == "DigitsNet"
+    assert type(build_model("demo")[0]).__name__ == "DigitsNet"
+    assert type(build_model("demo-cnn")[0]).__name__ == "DigitsNet"
     with pytest.raises(InvalidArgumentError, match="apply to timm models"):
         build_model("demo", num_classes=3)
-    model = build_model("test_resnet", num_classes=3)
-    assert not model.training and model.get_classifier().out_features == 3
+    model, is_demo = build_model("test_resnet", num_classes=3)
+    assert not is_demo and not model.training and model.get_classifier().out_features == 3
 
 
 def test_steer_command_as_a_process(files: dict[str, Any]) -> None:

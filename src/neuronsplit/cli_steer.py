@@ -1,10 +1,14 @@
 """The ``neuronsplit steer`` command: bake subunit scales into a saved split model.
 
 ``neuronsplit steer --model NAME --split DIR --scales FILE.json --out DIR`` builds the original
-architecture (``demo`` / ``demo-cnn``, ``demo-vit`` or a timm model name), loads the split
-saved in ``--split`` (:func:`neuronsplit.load`), applies :func:`neuronsplit.steer` with ``permanent=True`` and saves
-the steered split into ``--out`` (:func:`neuronsplit.save`), with a copy of the scales file as
-``scales.json``. The scales file is a JSON list (see :func:`neuronsplit.nn.load_scales`)::
+architecture (``demo`` / ``demo-cnn``, ``demo-vit`` or a timm model name, with ``--weights``,
+``--num-classes`` and ``--image-size`` as for ``neuronsplit discover``: see
+:mod:`neuronsplit.cli_models`), loads the split saved in ``--split`` (:func:`neuronsplit.load`),
+applies :func:`neuronsplit.steer` with ``permanent=True`` and saves the steered split into
+``--out`` (:func:`neuronsplit.save`), with a copy of the scales file as ``scales.json``. A timm
+ViT split by ``discover --image-size N`` is steered with the same ``--image-size N``: the
+architecture must match the saved split's. The scales file is a JSON list (see
+:func:`neuronsplit.nn.load_scales`)::
 
     [{"layer": "fc2", "unit": 0, "k": 1, "alpha": 0.0},
      {"layer": "fc2", "unit": 2, "k": "residual", "alpha": 1.5}]
@@ -20,15 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from .cli_models import add_model_arguments, build_model, run_command
+from .errors import InvalidArgumentError
 
-from ._checks import int_in
-from .errors import InvalidArgumentError, NeuronSplitError
-
-__all__ = ["add_steer_parser", "steer_main", "build_model", "SCALES_FILE", "DEMO_MODELS"]
+__all__ = ["add_steer_parser", "steer_main", "SCALES_FILE"]
 
 SCALES_FILE = "scales.json"
-DEMO_MODELS = ("demo", "demo-cnn", "demo-vit")  # demo-cnn: the name ``discover`` uses too
 
 
 def add_steer_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -50,21 +51,10 @@ def add_steer_parser(subparsers: Any) -> argparse.ArgumentParser:
         'file (a list of {"layer": "fc2", "unit": 3, "k": 0, "alpha": 0.0}; k = -1 or '
         '"residual" for the residual) into its subunit rows, and save the steered split.',
     )
-    parser.add_argument(
-        "--model", required=True,
-        help="the original architecture: 'demo' or 'demo-cnn' (the digits CNN), 'demo-vit' (the "
-        "digits ViT) "
-        "or a timm model name; its weights are replaced by the saved split's",
+    add_model_arguments(
+        parser, model_role="the original architecture, whose weights the saved split's replace",
+        image_size_note="give the --image-size the split was discovered with",
     )  # fmt: skip
-    parser.add_argument(
-        "--weights", default=None,
-        help="local checkpoint for a timm model (through neuronsplit.load_timm_model)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--num-classes", type=int_in(1), default=None,
-        help="classes of a timm model's head (timm's num_classes)",
-    )  # fmt: skip
-    parser.add_argument("--cache", default=None, help="cache dir of the demo models")
     parser.add_argument("--split", required=True, help="directory written by neuronsplit.save")
     parser.add_argument(
         "--scales", required=True,
@@ -75,47 +65,9 @@ def add_steer_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def build_model(
-    name: str,
-    *,
-    weights: str | None = None,
-    num_classes: int | None = None,
-    cache: str | None = None,
-) -> nn.Module:
-    """The original architecture named on the command line, in eval mode.
-
-    ``"demo"`` (or ``"demo-cnn"``) and ``"demo-vit"`` are the bundled digits models (trained
-    and cached on first use); anything else is a timm model name.
-    """
-    if name in DEMO_MODELS:
-        if weights is not None or num_classes is not None:
-            raise InvalidArgumentError(
-                f"--weights and --num-classes apply to timm models, not to {name!r}"
-            )
-        from . import demo
-
-        return (demo.get_demo_vit if name == "demo-vit" else demo.get_demo_model)(cache).eval()
-    from .loading import load_timm_model
-
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    try:
-        return load_timm_model(name, weights=weights, **kwargs)
-    except RuntimeError as err:
-        if "Unknown model" not in str(err):
-            raise
-        raise InvalidArgumentError(
-            f"--model {name!r} is neither {' nor '.join(map(repr, DEMO_MODELS))} nor a timm model "
-            "name (list them with timm.list_models())"
-        ) from err
-
-
 def steer_main(args: argparse.Namespace) -> int:
     """Run ``neuronsplit steer``; returns the exit code (1 with a message on a user error)."""
-    try:
-        return _run(args)
-    except NeuronSplitError as err:
-        sys.stderr.write(f"neuronsplit steer: error: {err}\n")
-        return 1
+    return run_command("steer", _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -128,9 +80,10 @@ def _run(args: argparse.Namespace) -> int:
             "so that the original split stays"
         )
     scales = load_scales(args.scales)
-    model = build_model(
-        args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache
-    )
+    model, _ = build_model(
+        args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache,
+        image_size=args.image_size,
+    )  # fmt: skip
     split = load(split_dir, model)
     steered = steer(split, scales, permanent=True)
     entries = [
