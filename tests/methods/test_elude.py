@@ -287,3 +287,13 @@ def test_dinov2_style_layer_scale_with_negative_gammas() -> None:
     assert isinstance(split.blocks[0].ls2, nn.Identity)  # folded: subunits are residual writes
     report = ns.verify_equivalence(vit, split, images[:32], dtype=(torch.float64, torch.float32))
     assert report.passed, report
+
+
+def test_worker_processes_give_the_same_plan() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 300), nn.ReLU())  # >= 256 units: clustered in workers
+    data = torch.randn(400, 12)
+    one = ns.discover(model, _batches(data, 100), ["0"], units="all", n_jobs=1, progress=False)
+    two = ns.discover(model, _batches(data, 100), ["0"], units="all", n_jobs=2, progress=False)
+    assert len(one.layer("0").units) > 100
+    assert one == two

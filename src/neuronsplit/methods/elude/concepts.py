@@ -142,21 +142,21 @@ def _renumber(assignment: np.ndarray, k: int) -> tuple[np.ndarray, int]:
 
 
 def find_concepts(
-    contributions: Tensor, coords: Tensor, rule: ConceptRule, activations: Tensor,
-    *, force: bool = False,
+    contributions: np.ndarray | Tensor, coords: np.ndarray | Tensor, rule: ConceptRule,
+    activations: np.ndarray | Tensor, *, force: bool = False,
 ) -> UnitConcepts:  # fmt: skip
     """Cluster one unit's samples and route its inputs (rules in the module docstring).
 
     Parameters
     ----------
-    contributions : Tensor
+    contributions : ndarray or Tensor
         ``(m, J)`` contributions of the unit's kept samples.
-    coords : Tensor
+    coords : ndarray or Tensor
         ``(m, r)`` span coordinates of the L2-normalised contributions
         (:func:`span_coordinates`); computed by the caller, batched over units.
     rule : ConceptRule
         The settings.
-    activations : Tensor
+    activations : ndarray or Tensor
         ``(m,)`` the samples' activations; only positive ones are clustered.
     force : bool, default False
         Split with the best ``K >= 2`` even below ``rule.min_silhouette``.
@@ -165,11 +165,15 @@ def find_concepts(
     -------
     UnitConcepts
     """
-    positive = (activations > 0).cpu().numpy()
+    contributions, coords, activations = (
+        t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
+        for t in (contributions, coords, activations)
+    )
+    positive = activations > 0
     m = int(positive.sum())
     if m < 2 * rule.min_cluster:
         return UnitConcepts(1, None, float("nan"), m, "few_active")
-    x = coords.cpu().numpy()[positive].astype(np.float64)
+    x = coords[positive].astype(np.float64)
     if np.ptp(x, axis=0).max() <= 1e-12:
         return UnitConcepts(1, None, float("nan"), m, "constant")
     best: tuple[float, int, np.ndarray] | None = None
@@ -185,7 +189,7 @@ def find_concepts(
     score, k, labels = best
     if score < rule.min_silhouette and not force:
         return UnitConcepts(1, None, score, m, "low_silhouette")
-    c = contributions.cpu().double().numpy()[positive]
+    c = contributions[positive].astype(np.float64)
     shares = c / np.maximum(np.abs(c).sum(1, keepdims=True), 1e-300)
     assignment, k = _renumber(_route(shares, labels, k, rule.margin), k)
     if k < 2:

@@ -8,11 +8,13 @@ on those samples are then clustered and its inputs routed to subunits
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
@@ -39,7 +41,9 @@ __all__ = ["discover", "DEFAULT_TOP_N"]
 #: top 24 +0.107, 32 +0.115, 48 +0.105, 64 +0.095, 128 +0.042 purity gain); still room for four
 #: clusters of ``min_cluster`` samples
 DEFAULT_TOP_N = 32
-_CHUNK = 256  # units whose contributions are materialised at once
+_CHUNK = 256  # most units per clustering task
+_TASK_BYTES = 64 * 2**20  # most contribution bytes per clustering task
+_PARALLEL_FROM = 256  # fewer units are clustered in this process
 
 
 def _check_tokens(model: nn.Module, tokens: str) -> int:
@@ -146,21 +150,23 @@ def _collect(
     return tops
 
 
-def _layer_concepts(
-    top: TopInputs, weight: Tensor, units: list[int], rule: ConceptRule, force: bool,
-    conv_taps: int,
-) -> dict[int, UnitConcepts]:  # fmt: skip
-    found: dict[int, UnitConcepts] = {}
-    for start in range(0, len(units), _CHUNK):
-        chunk = units[start : start + _CHUNK]
-        by_size: dict[int, list[int]] = {}
-        for u in chunk:
-            by_size.setdefault(top.kept(u), []).append(u)
-        for m, group in by_size.items():
-            if m == 0:
-                for u in group:
-                    found[u] = UnitConcepts(1, None, float("nan"), 0, "few_active")
-                continue
+def _unit_groups(
+    top: TopInputs, weight: Tensor, units: list[int], conv_taps: int
+) -> Iterator[tuple[list[int], np.ndarray, np.ndarray, np.ndarray] | list[int]]:
+    """Units with the same number of kept samples, in groups small enough to ship to a worker:
+    ``(units, contributions (G, m, J), span coordinates (G, m, r), activations (G, m))``, or a
+    bare list of units that kept no sample."""
+    by_size: dict[int, list[int]] = {}
+    for u in units:
+        by_size.setdefault(top.kept(u), []).append(u)
+    for m, same in by_size.items():
+        if m == 0:
+            yield same
+            continue
+        inputs = weight.shape[1] // conv_taps
+        per_group = max(1, min(_CHUNK, _TASK_BYTES // (8 * m * max(inputs, weight.shape[1]))))
+        for start in range(0, len(same), per_group):
+            group = same[start : start + per_group]
             vec = torch.stack([top.vectors(u) for u in group]).double()  # (G, m, D)
             contrib = vec * weight[group].to(vec.device, torch.float64).unsqueeze(1)
             if top.sign is not None:  # contributions to the write gamma * z
@@ -170,8 +176,41 @@ def _layer_concepts(
             norms = contrib.norm(dim=-1, keepdim=True)
             coords = span_coordinates(contrib / norms.clamp_min(1e-300))
             acts = top.values[group, :m]
-            for i, u in enumerate(group):
-                found[u] = find_concepts(contrib[i], coords[i], rule, acts[i], force=force)
+            yield group, contrib.cpu().numpy(), coords.cpu().numpy(), acts.cpu().numpy()
+
+
+def _concepts_of_group(
+    task: tuple[list[int], np.ndarray, np.ndarray, np.ndarray], rule: ConceptRule, force: bool
+) -> list[tuple[int, UnitConcepts]]:
+    """Run in a worker process: one group of units, one thread (tiny k-means problems: threads
+    cost more than they give)."""
+    group, contrib, coords, acts = task
+    with threadpool_limits(1):
+        return [
+            (u, find_concepts(contrib[i], coords[i], rule, acts[i], force=force))
+            for i, u in enumerate(group)
+        ]
+
+
+def _layer_concepts(
+    top: TopInputs, weight: Tensor, units: list[int], rule: ConceptRule, force: bool,
+    conv_taps: int, n_jobs: int,
+) -> dict[int, UnitConcepts]:  # fmt: skip
+    found: dict[int, UnitConcepts] = {}
+    tasks = []
+    for item in _unit_groups(top, weight, units, conv_taps):
+        if isinstance(item, list):
+            found.update({u: UnitConcepts(1, None, float("nan"), 0, "few_active") for u in item})
+        else:
+            tasks.append(item)
+    # processes pay off only for many units (starting the workers costs about a second)
+    jobs = n_jobs if len(units) >= _PARALLEL_FROM else 1
+    if jobs == 1:
+        results = [_concepts_of_group(t, rule, force) for t in tasks]
+    else:
+        results = Parallel(n_jobs=jobs)(delayed(_concepts_of_group)(t, rule, force) for t in tasks)
+    for pairs in results:
+        found.update(pairs)
     return found
 
 
@@ -189,6 +228,7 @@ def discover(
     margin: float = 0.0,
     seed: int = 0,
     max_batches: int | None = None,
+    n_jobs: int | None = None,
     progress: bool = True,
 ) -> SplitPlan:
     """Split the polysemantic units of whole layers without labels (ELUDe).
@@ -232,6 +272,9 @@ def discover(
         Seed of k-means (the result is deterministic).
     max_batches : int, optional
         Stop after this many batches.
+    n_jobs : int, optional
+        Processes that cluster the units (joblib); default: one per CPU core. Layers with fewer
+        than 256 units to examine are clustered in this process.
     progress : bool, default True
         Show progress bars.
 
@@ -269,6 +312,7 @@ def discover(
     check_number(margin, "margin", low=0, high=1, high_open=True)
     check_int(seed, "seed", low=0)
     check_int(max_batches, "max_batches", low=1, optional=True)
+    jobs = check_int(n_jobs, "n_jobs", low=1, optional=True) or os.cpu_count() or 1
     check_bool(progress, "progress")
     prefix = _check_tokens(model, tokens)
     modules = {name: _check_layer(model, name) for name in names}
@@ -292,8 +336,7 @@ def discover(
         unit_ids, force = plans[name]
         weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
         taps = int(np.prod(layer.kernel_size)) if isinstance(layer, nn.Conv2d) else 1
-        with threadpool_limits(1):  # tiny k-means problems: threads cost more than they give
-            found = _layer_concepts(tops[name], weight, unit_ids, rule, force, taps)
+        found = _layer_concepts(tops[name], weight, unit_ids, rule, force, taps, jobs)
         split = {u: c for u, c in found.items() if c.k >= 2}
         if split:
             order = sorted(split)
