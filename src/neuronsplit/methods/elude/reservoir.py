@@ -3,9 +3,11 @@
 ELUDe clusters the input contributions ``w_uj * x_j`` of a unit on the samples that activate it
 most. Keeping ``n`` input vectors for each of the ``C`` units would cost ``C * n * J`` numbers
 (600 MB for a ViT-B ``fc1`` at ``n = 64``); units share their top samples, so the reservoir keeps
-per unit only the ``n`` best *keys* and their activations, and one **pool** of the input vectors
-those keys name, each stored once. The pool never holds more than ``min(samples seen, C * n)``
-vectors, so memory does not grow with the data beyond the reservoir itself.
+per unit only the ``n`` best *keys*, their activations and the *slot* of their input vector in
+one **pool**, where each vector is stored once. A slot is reused as soon as no unit names it, and
+the pool grows (by doubling, up to ``C * n`` rows) only when every slot is in use, so it never
+holds more than ``min(samples seen, C * n)`` live vectors and a batch copies only its own new
+vectors: memory does not grow with the data beyond this bound.
 
 A *sample* is a token of a token tensor (``tokens`` selects which), a row of a plain feature
 batch, or, for a ``Conv2d``, an image at the position where the unit is most active (its input
@@ -58,8 +60,10 @@ class TopInputs:
         ``(C, n)`` activations of the kept samples, descending; ``-inf`` in unused slots.
     keys : Tensor
         ``(C, n)`` int64 sample keys (``-1`` in unused slots).
-    pool_keys, pool : Tensor
-        ``(P,)`` sorted keys and ``(P, D)`` input vectors (``D = J * kh * kw`` for a Conv2d).
+    slots : Tensor
+        ``(C, n)`` int64 row of each kept sample's input vector in ``pool`` (``-1``: unused).
+    pool : Tensor
+        ``(P, D)`` input vectors (``D = J * kh * kw`` for a Conv2d); rows no unit names are free.
 
     Examples
     --------
@@ -78,7 +82,7 @@ class TopInputs:
     sign: Tensor | None = None
     values: Tensor = field(init=False)
     keys: Tensor = field(init=False)
-    pool_keys: Tensor = field(init=False)
+    slots: Tensor = field(init=False)
     pool: Tensor = field(init=False)
     count: int = field(init=False, default=0)
 
@@ -90,7 +94,7 @@ class TopInputs:
         )
         self.values = torch.full((units, self.n), -torch.inf, dtype=torch.float64)
         self.keys = torch.full((units, self.n), -1, dtype=torch.long)
-        self.pool_keys = torch.empty(0, dtype=torch.long)
+        self.slots = torch.full((units, self.n), -1, dtype=torch.long)
         self.pool = torch.empty(0, 0)
 
     # ------------------------------------------------------------------ one batch
@@ -110,12 +114,13 @@ class TopInputs:
             )
         if self.values.device != acts.device:  # the reservoir lives where the model runs
             self.values, self.keys = self.values.to(acts.device), self.keys.to(acts.device)
-            self.pool_keys = self.pool_keys.to(acts.device)
+            self.slots = self.slots.to(acts.device)
         values = torch.cat([self.values, acts.double()], 1)
         best = values.topk(self.n, dim=1)  # n + M >= n candidates: unused slots stay -inf
         self.values = best.values
         self.keys = torch.cat([self.keys, keys], 1).gather(1, best.indices)
-        self._refill_pool(fetch)
+        slots = F.pad(self.slots, (0, acts.shape[1]), value=-1).gather(1, best.indices)
+        self.slots = self._store_new(slots, fetch)
 
     def _linear(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor, object]:
         if x.dim() == 3:
@@ -172,24 +177,32 @@ class TopInputs:
 
         return acts.T, keys, fetch
 
-    def _refill_pool(self, fetch: object) -> None:
-        """Keep the pool's vectors that some unit still names, and add the batch's new ones."""
-        needed = self.keys[self.keys >= 0].unique()  # sorted
-        old = torch.isin(needed, self.pool_keys)
-        parts_keys = [needed[old]]
-        parts = []
-        if self.pool_keys.numel():
-            parts.append(self.pool[torch.searchsorted(self.pool_keys, needed[old])])
-        new_keys = needed[~old]
-        if new_keys.numel():
-            new = fetch(new_keys).detach()  # type: ignore[operator]
-            parts_keys.append(new_keys)
-            parts.append(new.to(torch.float32) if new.dtype in (torch.float16, torch.bfloat16)
-                         else new.clone())  # fmt: skip
-        keys = torch.cat(parts_keys)
-        order = keys.argsort()
-        self.pool_keys = keys[order]
-        self.pool = torch.cat(parts)[order] if parts else self.pool
+    def _store_new(self, slots: Tensor, fetch: object) -> Tensor:
+        """Give the batch's samples that entered some unit's top ``n`` a pool row each (rows no
+        unit names any more are reused) and return the slots with theirs filled in."""
+        fresh = (slots < 0) & (self.keys >= 0)
+        if not fresh.any():
+            return slots
+        new_keys, inverse = self.keys[fresh].unique(return_inverse=True)
+        new = fetch(new_keys).detach()  # type: ignore[operator]
+        if new.dtype in (torch.float16, torch.bfloat16):
+            new = new.float()
+        if self.pool.numel() == 0:
+            self.pool = new.new_empty((0, new.shape[1]))
+        free = torch.ones(self.pool.shape[0], dtype=torch.bool, device=new.device)
+        free[slots[slots >= 0]] = False
+        rows = free.nonzero().squeeze(1)
+        if rows.numel() < new_keys.numel():  # every row in use: grow by doubling, up to C * n
+            need = self.pool.shape[0] + new_keys.numel() - rows.numel()
+            cap = min(max(2 * self.pool.shape[0], need), self.keys.numel())
+            grown = self.pool.new_empty((cap - self.pool.shape[0], self.pool.shape[1]))
+            rows = torch.cat([rows, torch.arange(self.pool.shape[0], cap, device=new.device)])
+            self.pool = torch.cat([self.pool, grown])
+        rows = rows[: new_keys.numel()]
+        self.pool[rows] = new.to(self.pool.dtype)
+        slots = slots.clone()
+        slots[fresh] = rows[inverse]
+        return slots
 
     # ------------------------------------------------------------------ reading
     def kept(self, unit: int) -> int:
@@ -198,6 +211,10 @@ class TopInputs:
 
     def vectors(self, unit: int) -> Tensor:
         """``(m, D)`` input vectors of the unit's kept samples, most active first."""
-        keys = self.keys[unit]
-        keys = keys[keys >= 0]
-        return self.pool[torch.searchsorted(self.pool_keys, keys)]
+        slots = self.slots[unit]
+        return self.pool[slots[slots >= 0]]
+
+    @property
+    def live(self) -> int:
+        """Pool rows some unit names (the rest are free for later batches)."""
+        return int(self.slots[self.slots >= 0].unique().numel())
