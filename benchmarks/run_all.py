@@ -1,11 +1,12 @@
 """Every benchmark, one table: ``python benchmarks/run_all.py [--quick]``.
 
-Runs ``scan_throughput.py``, ``split_overhead.py``, ``plan_scale.py`` and
-``lrp_faithfulness.py`` one after the other (each prints its own details) and then one table of
-every figure with its target. Each ratio is measured against a baseline in the same run, in
-interleaved rounds: the machines are noisy, so read ratios, not absolute times. ``--quick`` uses
-fewer rounds (and fewer test digits for the pixel flipping): a smoke run, not a measurement to
-report.
+Runs ``scan_throughput.py``, ``split_overhead.py``, ``plan_scale.py``, ``lrp_faithfulness.py``
+and ``elude_ground_truth.py`` one after the other (each prints its own details) and then one
+table of every figure with its target. Each ratio is measured against a baseline in the same
+run, in interleaved rounds: the machines are noisy, so read ratios, not absolute times.
+``--quick`` uses fewer rounds (and fewer test digits for the pixel flipping, fewer seeds for the
+ground truth): a smoke run, not a measurement to report. ``discover_vit.py`` (ELUDe on whole
+ViT-B layers, many minutes) is not run here; run it on its own.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
         ["--rounds", "15"],
         ["--images", "64", "--rounds", "3", "--vit-b-rounds", "1"],
     ),
+    "elude_ground_truth.py": (["--seeds", "10"], ["--quick"]),
 }
 
 
