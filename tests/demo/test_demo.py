@@ -150,3 +150,18 @@ def test_demo_summary_round_trips_as_json(demo_run: tuple[dict, str, Path]) -> N
     summary, _, out = demo_run
     assert json.loads(json.dumps(summary)) == summary
     assert sorted(p.name for p in out.iterdir()) == ["plan.json", "plan_vit.json", "summary.json"]
+
+
+def test_vit_table_when_a_layer_type_split_nothing() -> None:
+    from neuronsplit.demo.pipeline import _vit_lines
+
+    empty = {"units": 0}
+    part = {"split": 0, "examined": 4, "split_fraction": 0.0, "mean_k": 1.0, "purity": empty}
+    vit = {
+        "test_accuracy": 0.9, "layers": {"blocks.0.mlp.fc1": {**part, "k_histogram": {}}},
+        "split": {k: v for k, v in part.items() if k != "purity"}, "purity": {**empty, "k": 20},
+        "by_type": {"fc1": part, "fc2": part}, "target": {"purity_gain": 0.1, "split_fraction": 0.3},
+        "met": False, "equivalence": {"passed": True, "max_abs_delta_logit": {"float32": 0.0}},
+    }  # fmt: skip
+    text = "\n".join(_vit_lines(vit, 10))
+    assert "no unit split" in text and "NOT MET" in text

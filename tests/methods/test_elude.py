@@ -298,3 +298,29 @@ def test_worker_processes_give_the_same_plan() -> None:
     two = ns.discover(model, _batches(data, 100), ["0"], units="all", n_jobs=2, progress=False)
     assert len(one.layer("0").units) > 100
     assert one == two
+
+
+@pytest.mark.parametrize("samples", ["token", "image"])
+def test_negative_layer_scale_ranks_by_the_write_per_image_too(samples: str) -> None:
+    vit = _tiny_vit(init_values=1.0)
+    with torch.no_grad():
+        vit.blocks[1].ls2.gamma.copy_(torch.where(torch.arange(16) % 2 == 0, -1.0, 1.0))
+    images = torch.randn(300, 1, 8, 8)
+    plan = ns.discover(vit, _batches(images, 64), ["blocks.1.mlp.fc2"], units="all",
+                       samples=samples, progress=False)  # fmt: skip
+    units = plan.layer("blocks.1.mlp.fc2").units.tolist()
+    assert any(u % 2 == 0 for u in units)  # negative-gamma units are read, not left alone
+    assert plan.meta["elude"]["layers"]["blocks.1.mlp.fc2"]["left_alone"].get("few_active", 0) == 0
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", 1])
+def test_conv_string_padding(padding) -> None:
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 4, 4, padding=padding)  # even kernel: asymmetric "same" padding
+    x = torch.randn(12, 3, 7, 7)
+    top = TopInputs(conv, 4)
+    top.update(x, conv(x))
+    w = conv.weight.detach().reshape(4, -1)
+    for unit in range(4):
+        z = top.vectors(unit) @ w[unit] + conv.bias[unit]
+        assert torch.allclose(z.double(), top.values[unit], atol=1e-5)

@@ -263,6 +263,9 @@ def _vit_lines(v: dict[str, Any], n_test: int) -> list[str]:
         )
     for name, part in (("all", {**v["split"], "purity": v["purity"]}), *v["by_type"].items()):
         pur = part["purity"]
+        if not pur.get("units"):
+            lines.append(f"{name:<4} no unit split")
+            continue
         lines.append(
             f"{name:<4} {part['split']}/{part['examined']} units split "
             f"({part['split_fraction']:.0%}, mean K {part['mean_k']:.2f}): purity "

@@ -178,16 +178,18 @@ def run_vit_demo(
     )  # fmt: skip
     split = apply_plan(vit, plan)
     equivalence = _equivalence(vit, split, test.images)
-    report = top_k_purity(vit, plan, _test_loader(test), k=k)
+    # a plan that splits nothing (possible with other settings) has nothing to score
+    report = top_k_purity(vit, plan, _test_loader(test), k=k) if len(plan) else None
+    per_unit = report.per_unit if report is not None else []
     meta = _plain(plan.meta["elude"]["layers"])
     layers = {
-        name: {**meta[name], "purity": _purity_of([r for r in report.per_unit if r["layer"] == name])}
+        name: {**meta[name], "purity": _purity_of([r for r in per_unit if r["layer"] == name])}
         for name in names
     }  # fmt: skip
     by_type = {}
     for fc in ("fc1", "fc2"):
         of_type = [n for n in names if n.endswith(f".{fc}")]
-        rows = [r for r in report.per_unit if r["layer"] in of_type]
+        rows = [r for r in per_unit if r["layer"] in of_type]
         by_type[fc] = {**_split_figures({n: meta[n] for n in of_type}), "purity": _purity_of(rows)}
     figures = _split_figures(meta)
     summary = {
@@ -201,12 +203,13 @@ def run_vit_demo(
         },
         "layers": layers,
         "split": figures,
-        "purity": report.to_dict(),
+        "purity": report.to_dict() if report is not None else {"units": 0, "k": k},
         "by_type": by_type,
         "equivalence": equivalence,
         "target": dict(TARGET),
         "met": bool(
-            report.purity_gain >= TARGET["purity_gain"]
+            report is not None
+            and report.purity_gain >= TARGET["purity_gain"]
             and figures["split_fraction"] >= TARGET["split_fraction"]
         ),
         "plan_file": None,

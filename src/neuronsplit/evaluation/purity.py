@@ -108,7 +108,8 @@ def _masked_weights(
     the bias to add to each (``overlap``: subunits carry the residual and the bias). ``scale``:
     a LayerScale that ``apply_plan`` folds into the rows (the subunits are ``gamma * t_k``)."""
     w = layer.weight.detach().double()
-    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0])
+    b = layer.bias.detach().double() if layer.bias is not None else w.new_zeros(w.shape[0])
+    rows = rows.to(w.device)
     if scale is not None:
         g = scale.detach().double().to(w.device)
         w, b = w * g.reshape(-1, *([1] * (w.dim() - 1))), b * g
@@ -176,17 +177,18 @@ def top_k_purity(
             _masked_weights(layers[name], split, r, scales.get(name)) for r in (real, shuffled)
         ]
     acts: dict[str, list[list[Tensor]]] = {name: [[], []] for name in layers}
+    device = next((p.device for p in model.parameters()), None)
     labels = []
     with eval_mode(model), torch.no_grad(), capture(model, layers, outputs=False, inputs=True,
                                                     stop=True) as cap:  # fmt: skip
         for images, y in loader:
             cap.clear()
-            cap.forward(model, images)
+            cap.forward(model, images.to(device) if device is not None else images)
             labels.append(y)
             for name, layer in layers.items():
                 x = cap.input(name)
                 for i, (w, b) in enumerate(stacks[name]):
-                    acts[name][i].append(_image_max(layer, x, w, b, tokens))
+                    acts[name][i].append(_image_max(layer, x, w, b, tokens).cpu())
     y = torch.cat(labels)
     if k > y.numel():
         raise InvalidArgumentError(f"k={k} but the loader gave only {y.numel()} images")

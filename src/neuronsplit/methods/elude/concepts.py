@@ -12,7 +12,8 @@ The rules, and why (they are ELUDe's unstated parts; see ``docs/elude.md``):
    (at most ``m`` dimensions for ``m`` samples, from an eigendecomposition of the Gram matrix):
    distances there equal those in input space, so the clusters are the same and a ViT-B unit
    costs a 32-dimensional problem instead of a 768-dimensional one.
-3. **How many concepts.** The ``K`` with the best silhouette (cosine geometry) wins if that
+3. **How many concepts.** The ``K`` with the best silhouette (euclidean on the unit vectors, the
+   chord distance ``sqrt(2 - 2 cos)``, so a monotone function of cosine distance) wins if that
    silhouette reaches ``min_silhouette`` (0.4) and every cluster holds at least ``min_cluster``
    samples; otherwise ``K = 1``: the unit is not polysemantic and is left alone. A blob of noise
    cut in two scores about 0.1-0.2, planted concepts about 0.85 (``evaluation.planted``). On a

@@ -101,12 +101,15 @@ class TopInputs:
     @torch.no_grad()
     def update(self, x: Tensor, out: Tensor) -> None:
         """Merge one batch: ``x`` the layer's input, ``out`` its output (both detached)."""
-        if isinstance(self.layer, nn.Conv2d):
+        conv = isinstance(self.layer, nn.Conv2d)
+        if self.sign is not None:  # rank by the residual write gamma * z (see discovery.py),
+            # before an image's best token or position is picked
+            sign = self.sign.to(out.device, out.dtype)
+            out = out * (sign[:, None, None] if conv else sign)
+        if conv:
             acts, keys, fetch = self._conv(x, out)
         else:
             acts, keys, fetch = self._linear(x, out)
-        if self.sign is not None:  # rank by the residual write gamma * z (see discovery.py)
-            acts = acts * self.sign.to(acts.device, acts.dtype)[:, None]
         if not torch.isfinite(acts).all():
             raise NonFiniteError(
                 "the layer's activations contain NaN or inf on the samples seen so far "
@@ -169,10 +172,11 @@ class TopInputs:
             where = wanted % positions
             # unfold only the images that hold a wanted patch
             images, inverse = image.unique(return_inverse=True)
+            # pad as the layer does (also padding="same", asymmetric for even kernels)
+            padded = F.pad(x[images], conv._reversed_padding_repeated_twice)
             cols = F.unfold(
-                x[images], conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
-                stride=conv.stride,
-            )  # fmt: skip  # (I, J*kh*kw, L)
+                padded, conv.kernel_size, dilation=conv.dilation, stride=conv.stride
+            )  # (I, J*kh*kw, L)
             return cols[inverse, :, where]
 
         return acts.T, keys, fetch
