@@ -115,7 +115,7 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("steer permanent", lambda w: ns.steer(w["split"], {}, permanent=1), ArgumentTypeError, "permanent must be True or False"),
     ("steer scales file", lambda w: ns.nn.load_scales("/nonexistent-scales.json"), MissingFileError, "/nonexistent-scales.json"),
     ("merge scale", lambda w: w["split"][0].merge.scaled({(1, 1): float("nan")}).__enter__(), InvalidArgumentError, "must be finite, got nan"),
-    ("merge scale type", lambda w: w["split"][0].merge.scaled({(1, 1): "x"}).__enter__(), ArgumentTypeError, "must be a number, got 'x'"),
+    ("merge scale type", lambda w: w["split"][0].merge.scaled({(1, 1): "x"}).__enter__(), ArgumentTypeError, "must be a number, got str 'x'"),
     ("fractions tau", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]], tau=2), InvalidArgumentError, r"tau must be in \[0, 1\]"),
     ("fractions labels", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0.0, 1, 2]), [[0], [1]]), InvalidArgumentError, "labels must be integer class indices"),
     ("fractions unit", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 9, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]]), InvalidArgumentError, "unit must be <= 5, got 9"),

@@ -14,7 +14,6 @@ runs ``discover`` on the CNN units Hesse's plan split and scores both plans the 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +45,6 @@ def vit_demo_layers(depth: int = 4) -> list[str]:
     ['blocks.0.mlp.fc1', 'blocks.0.mlp.fc2', 'blocks.1.mlp.fc1', 'blocks.1.mlp.fc2']
     """
     return [f"blocks.{i}.mlp.{fc}" for i in range(depth) for fc in ("fc1", "fc2")]
-
-
-def _plain(value: Any) -> Any:
-    """A plan's frozen metadata as plain dicts and lists (JSON-ready)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _test_loader(test: DigitsData) -> DataLoader:
@@ -181,7 +171,7 @@ def run_vit_demo(
     # a plan that splits nothing (possible with other settings) has nothing to score
     report = top_k_purity(vit, plan, _test_loader(test), k=k) if len(plan) else None
     per_unit = report.per_unit if report is not None else []
-    meta = _plain(plan.meta["elude"]["layers"])
+    meta = plan.meta.to_dict()["elude"]["layers"]
     layers = {
         name: {**meta[name], "purity": _purity_of([r for r in per_unit if r["layer"] == name])}
         for name in names
@@ -271,5 +261,5 @@ def cnn_vs_discover(
         "k": k,
         "units": rows,
         **{name: rep.to_dict() if rep is not None else None for name, rep in reports.items()},
-        "discover_meta": _plain(found.meta["elude"]["layers"][layer]),
+        "discover_meta": found.meta.to_dict()["elude"]["layers"][layer],
     }

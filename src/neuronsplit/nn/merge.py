@@ -46,6 +46,27 @@ def _as_int(value: Any) -> int:
     return operator.index(value)
 
 
+def check_scale(value: Any, what: str) -> float:
+    """A finite steering scale: ints, floats, numpy numbers and 0-d tensors, not bools or strings.
+
+    Examples
+    --------
+    >>> check_scale(0, "subunit (3, 1)")
+    0.0
+    """
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        alpha = float(value)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(
+            f"the scale of {what} must be a number, got {type(value).__name__} {value!r}"
+        ) from None
+    if not math.isfinite(alpha):
+        raise InvalidArgumentError(f"the scale of {what} must be finite, got {value!r}")
+    return alpha
+
+
 def extra_rows(num_subunits: Tensor) -> tuple[Tensor, Tensor]:
     """The layout of the extra rows: for each, the position of its unit and its subunit number.
 
@@ -266,18 +287,7 @@ class IndexMerge(nn.Module):
         entry: dict[tuple[int, int], float] = {}
         for (unit, k), alpha in scales.items():
             self.channel(unit, k)  # validates
-            try:  # ints, floats, numpy numbers and 0-d tensors; not bools or strings
-                if isinstance(alpha, (bool, str, bytes)):
-                    raise TypeError
-                value = float(alpha)
-            except (TypeError, ValueError):
-                raise ArgumentTypeError(
-                    f"scale of subunit ({unit}, {k}) must be a number, got {alpha!r}"
-                ) from None
-            if not math.isfinite(value):
-                raise InvalidArgumentError(
-                    f"scale of subunit ({unit}, {k}) must be finite, got {alpha!r}"
-                )
+            value = check_scale(alpha, f"subunit ({unit}, {k})")
             entry[(_as_int(unit), RESIDUAL if k == "residual" else _as_int(k))] = value
         token = object()
         self._stack.append((token, entry))

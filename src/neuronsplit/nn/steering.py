@@ -42,7 +42,7 @@ from ..errors import (
     InvalidArgumentError,
     MissingFileError,
 )
-from .merge import RESIDUAL
+from .merge import RESIDUAL, check_scale
 from .split_layer import SplitConv2d, SplitLinear
 from .surgery import get_split_layer, iter_split_layers
 
@@ -68,21 +68,6 @@ def _key_of(ref: Any) -> tuple[Any, Any, Any]:
     )
 
 
-def _alpha(value: Any, key: SubunitKey) -> float:
-    """A finite scale (ints, floats, numpy numbers and 0-d tensors; not bools or strings)."""
-    try:
-        if isinstance(value, (bool, str, bytes)):
-            raise TypeError
-        alpha = float(value)
-    except (TypeError, ValueError):
-        raise ArgumentTypeError(
-            f"the scale of subunit {key} must be a number, got {type(value).__name__} {value!r}"
-        ) from None
-    if not math.isfinite(alpha):
-        raise InvalidArgumentError(f"the scale of subunit {key} must be finite, got {value!r}")
-    return alpha
-
-
 def _resolve(model: nn.Module, scales: Any) -> list[tuple[SubunitKey, nn.Module, float]]:
     """Check every entry of ``scales`` against ``model``: ``(key, split layer, alpha)``."""
     if not isinstance(scales, Mapping):
@@ -97,7 +82,7 @@ def _resolve(model: nn.Module, scales: Any) -> list[tuple[SubunitKey, nn.Module,
         layer = get_split_layer(model, name)  # UnknownLayerError: unknown, or not split
         layer.merge.channel(unit, k)  # UnknownSubunitError: unit not split, or no such k
         key = (name, operator.index(unit), RESIDUAL if k == "residual" else operator.index(k))
-        alpha = _alpha(value, key)
+        alpha = check_scale(value, f"subunit {key}")
         same = (id(layer), key[1], key[2])  # a layer registered at two paths is one layer
         if same in seen:
             raise InvalidArgumentError(

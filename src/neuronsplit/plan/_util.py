@@ -86,6 +86,16 @@ class FrozenMeta(Mapping[str, Any]):
     def __reduce__(self) -> tuple[Any, ...]:
         return (FrozenMeta, (thaw(self),))
 
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, mutable copy: dicts and lists all the way down (JSON-ready).
+
+        Examples
+        --------
+        >>> FrozenMeta({"a": [1, {"b": 2}]}).to_dict()
+        {'a': [1, {'b': 2}]}
+        """
+        return thaw(self)
+
 
 def freeze(value: Any) -> Any:
     if isinstance(value, dict):
