@@ -12,6 +12,7 @@ import contextlib
 import difflib
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from ..errors import UnknownLayerError, UnsupportedLayerError
@@ -26,6 +27,8 @@ __all__ = [
     "layer_shape",
     "unit_axis",
     "eval_mode",
+    "is_split_layer",
+    "model_device",
 ]
 
 SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -229,3 +232,35 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+def is_split_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a neuronsplit split layer (``.subunits`` rows and an index merge).
+
+    Duck-typed, so that the packages below :mod:`neuronsplit.nn` (relevance, methods) can tell
+    split layers apart without importing it.
+
+    Examples
+    --------
+    >>> is_split_layer(nn.Linear(2, 2))
+    False
+    """
+    merge = getattr(module, "merge", None)
+    return bool(
+        isinstance(getattr(module, "subunits", None), nn.Module)
+        and getattr(merge, "parameter_free_linear", False)
+        and hasattr(merge, "index")
+        and hasattr(merge, "sub")
+    )
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter (``None`` for a model without parameters).
+
+    Examples
+    --------
+    >>> model_device(nn.Linear(2, 2))
+    device(type='cpu')
+    """
+    param = next(model.parameters(), None)
+    return None if param is None else param.device

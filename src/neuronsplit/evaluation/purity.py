@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._checks import check_int, check_module
-from ..capture import capture, eval_mode, resolve_layer
+from ..capture import capture, eval_mode, model_device, resolve_layer
 from ..capture.layer_scales import layer_scale_pairs
 from ..errors import InvalidArgumentError
 from ..plan import LayerSplit, SplitPlan
@@ -177,7 +177,7 @@ def top_k_purity(
             _masked_weights(layers[name], split, r, scales.get(name)) for r in (real, shuffled)
         ]
     acts: dict[str, list[list[Tensor]]] = {name: [[], []] for name in layers}
-    device = next((p.device for p in model.parameters()), None)
+    device = model_device(model)
     labels = []
     with eval_mode(model), torch.no_grad(), capture(model, layers, outputs=False, inputs=True,
                                                     stop=True) as cap:  # fmt: skip

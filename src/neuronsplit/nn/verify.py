@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_bool, check_module, check_number
-from ..capture import capture
+from ..capture import capture, model_device
 from ..errors import (
     ArgumentTypeError,
     InputShapeError,
@@ -139,11 +139,6 @@ def _cast(a: Tensor, dtype: torch.dtype, device: torch.device | None) -> Tensor:
     return a.to(dtype) if a.is_floating_point() else a  # integer inputs (token ids) stay
 
 
-def _device(model: nn.Module) -> torch.device | None:
-    p = next(model.parameters(), None)
-    return None if p is None else p.device
-
-
 def _run_dtype(
     original: nn.Module,
     split: nn.Module,
@@ -172,7 +167,7 @@ def _run_dtype(
     layer_ref = dict.fromkeys(n_units, 0.0)
     calls = dict.fromkeys(n_units, 0)  # how often each split layer ran
     out_abs, out_ref, n_batches = 0.0, 0.0, 0
-    device = _device(orig)
+    device = model_device(orig)
     names = [n for n, _ in layers]
     with (
         capture(orig, {n: orig_mods[target[n]] for n in names}) as cap_o,

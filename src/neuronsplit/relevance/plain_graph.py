@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capture import is_split_layer
 from .canonizers import ExactNamedMergeBatchNorm
 
 __all__ = ["plain_reason", "plain_canonizers", "is_split_layer"]
@@ -34,14 +35,6 @@ _OTHER = (
     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
 )  # fmt: skip
-
-
-def is_split_layer(module: nn.Module) -> bool:
-    """A neuronsplit split layer (duck-typed: ``relevance`` does not import ``nn``)."""
-    merge = getattr(module, "merge", None)
-    return isinstance(getattr(module, "subunits", None), nn.Module) and bool(
-        getattr(merge, "parameter_free_linear", False)
-    )
 
 
 def _is_activation(module: nn.Module) -> bool:

@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 from zennit.core import BasicHook, Hook, ParamMod, RemovableHandleList, zero_wrap
 
+from ..capture import is_split_layer
+
 __all__ = [
     "SplitRule",
     "register_split_rules",
@@ -42,17 +44,6 @@ __all__ = [
     "is_split_layer",
     "RowLayout",
 ]
-
-
-def is_split_layer(module: nn.Module) -> bool:
-    """A neuronsplit split layer (duck-typed: ``relevance`` does not import ``nn``)."""
-    merge = getattr(module, "merge", None)
-    return bool(
-        isinstance(getattr(module, "subunits", None), nn.Module)
-        and getattr(merge, "parameter_free_linear", False)
-        and hasattr(merge, "index")
-        and hasattr(merge, "sub")
-    )
 
 
 class RowLayout:

@@ -25,6 +25,7 @@ from zennit.rules import Gamma, Pass
 from zennit.types import Linear
 
 from .._checks import check_number
+from ..capture import is_split_layer
 from ..errors import ArgumentTypeError
 from . import vit_rules as vr
 from .fast_rules import FastEpsilon
@@ -34,7 +35,6 @@ from .vit_rules import (
     SafeStabilizer,
     TokenMean,
     activation_types,
-    is_split,
     special_linears,
     timm_types,
 )
@@ -174,8 +174,8 @@ class TimmViTCanonizer(Canonizer):
     def _fold(self, layer_scale: nn.Module, linear: nn.Module) -> None:
         """``gamma * (W x + b)`` -> ``(gamma W) x + gamma b``; ``gamma`` becomes ones."""
         gamma = layer_scale.gamma.detach()
-        target = linear.subunits if is_split(linear) else linear
-        if is_split(linear):  # extra rows belong to the unit merge.index names
+        target = linear.subunits if is_split_layer(linear) else linear
+        if is_split_layer(linear):  # extra rows belong to the unit merge.index names
             gamma = torch.cat([gamma, gamma[linear.merge.index]])
         self._swap(target.weight, target.weight.data * gamma[:, None].to(target.weight.dtype))
         if target.bias is not None:

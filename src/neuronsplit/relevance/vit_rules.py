@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from zennit.core import Hook, Stabilizer, stabilize
 from zennit.types import Activation
 
+from ..capture import is_split_layer
 from .fast_rules import FastEpsilon
 
 __all__ = [
@@ -324,14 +325,9 @@ def activation_types() -> tuple[type, ...]:
     return (*zennit_acts, *(getattr(acts, n) for n in names if hasattr(acts, n)))
 
 
-def is_split(module: nn.Module) -> bool:
-    """A neuronsplit split layer (duck-typed: ``relevance`` must not import ``nn``)."""
-    return all(hasattr(module, a) for a in ("subunits", "merge", "layer_split"))
-
-
 def special_linears(model: nn.Module, which: str) -> Iterator[int]:
     """ids of every ViT's classifier ``head`` or patch-embedding ``proj`` (its rows if split)."""
     for vit in model.modules():
         if isinstance(vit, timm_types()["VisionTransformer"]):
             layer = vit.head if which == "head" else vit.patch_embed.proj
-            yield id(layer.subunits if is_split(layer) else layer)
+            yield id(layer.subunits if is_split_layer(layer) else layer)

@@ -11,8 +11,9 @@ from torch import nn
 from zennit.layer import Sum
 from zennit.types import Linear
 
+from ..capture import is_split_layer
 from ..errors import UnsupportedLayerError
-from .vit_rules import AttentionValues, TokenMean, activation_types, is_split, timm_types
+from .vit_rules import AttentionValues, TokenMean, activation_types, timm_types
 
 __all__ = ["check_model"]
 
@@ -66,7 +67,7 @@ def check_model(model: nn.Module) -> list[nn.Module]:
     def walk(name: str, module: nn.Module) -> None:
         prefix = f"{name}." if name else ""
         children = dict(module.named_children())
-        if is_split(module):
+        if is_split_layer(module):
             if not isinstance(module.subunits, Linear):
                 raise _refuse(name, module, "a split layer whose rows are not a Linear/Conv")
             children = {"subunits": module.subunits, "merge": module.merge}

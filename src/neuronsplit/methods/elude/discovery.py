@@ -20,7 +20,16 @@ from torch import Tensor, nn
 
 from ..._checks import check_bool, check_choice, check_int, check_module, check_names, check_number
 from ..._progress import progress_bar
-from ...capture import capture, check_plain, check_supported, eval_mode, layer_shape, resolve_layer
+from ...capture import (
+    capture,
+    check_plain,
+    check_supported,
+    eval_mode,
+    is_split_layer,
+    layer_shape,
+    model_device,
+    resolve_layer,
+)
 from ...capture.layer_scales import layer_scale_pairs
 from ...errors import (
     ArgumentTypeError,
@@ -68,7 +77,7 @@ def _check_tokens(model: nn.Module, tokens: str) -> int:
 
 def _check_layer(model: nn.Module, name: str) -> nn.Module:
     layer = resolve_layer(model, name)
-    if hasattr(layer, "subunits") and hasattr(layer, "merge"):
+    if is_split_layer(layer):
         raise PlanError(
             f"layer {name!r} is already split; discover on the original model (nested splits "
             "are not supported)"
@@ -122,7 +131,7 @@ def _collect(
         name: TopInputs(layer, top_n, tokens, per_image, signs.get(name))
         for name, layer in layers.items()
     }
-    device = next((p.device for p in model.parameters()), None)
+    device = model_device(model)
 
     def record(module: nn.Module, x: Tensor, out: Tensor) -> None:
         tops[names[id(module)]].update(x, out)

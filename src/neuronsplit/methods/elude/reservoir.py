@@ -144,32 +144,38 @@ class TopInputs:
 
         return acts, keys.expand(acts.shape[0], -1), fetch
 
+    def _best_positions(self, per_position: Tensor) -> tuple[Tensor, Tensor, object]:
+        """Each image at its most active position (token or pixel) for every unit.
+
+        ``per_position`` is ``(B, C, P)``; returns the ``(C, B)`` activations and keys (the key
+        names the image and the position) and ``locate(keys) -> (image in batch, position)``.
+        """
+        b, _, positions = per_position.shape
+        acts, pos = per_position.max(2)  # (B, C)
+        first = self.count
+        base = torch.arange(first, first + b, device=per_position.device)
+        self.count += b
+
+        def locate(wanted: Tensor) -> tuple[Tensor, Tensor]:
+            return wanted // positions - first, wanted % positions
+
+        return acts.T, (base[:, None] * positions + pos).T, locate
+
     def _per_image(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor, object]:
         """Token tensors read per image: each image at its most active token."""
-        b, t, _ = out.shape
-        acts, pos = out.max(1)  # (B, C)
-        base = torch.arange(self.count, self.count + b, device=out.device)
-        keys = (base[:, None] * t + pos).T
-        self.count += b
+        acts, keys, locate = self._best_positions(out.transpose(1, 2))
 
         def fetch(wanted: Tensor) -> Tensor:
-            return x[wanted // t - base[0], wanted % t]
+            return x[locate(wanted)]
 
-        return acts.T, keys, fetch
+        return acts, keys, fetch
 
     def _conv(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor, object]:
-        b, _, h, w = out.shape
-        flat = out.reshape(b, out.shape[1], h * w)
-        acts, pos = flat.max(2)  # (B, C): the most active position of each image
-        positions = h * w
-        base = torch.arange(self.count, self.count + b, device=out.device)
-        keys = (base[:, None] * positions + pos).T  # (C, B)
-        self.count += b
+        acts, keys, locate = self._best_positions(out.flatten(2))
         conv = self.layer
 
         def fetch(wanted: Tensor) -> Tensor:
-            image = wanted // positions - base[0]
-            where = wanted % positions
+            image, where = locate(wanted)
             # unfold only the images that hold a wanted patch
             images, inverse = image.unique(return_inverse=True)
             # pad as the layer does (also padding="same", asymmetric for even kernels)
@@ -179,7 +185,7 @@ class TopInputs:
             )  # (I, J*kh*kw, L)
             return cols[inverse, :, where]
 
-        return acts.T, keys, fetch
+        return acts, keys, fetch
 
     def _store_new(self, slots: Tensor, fetch: object) -> Tensor:
         """Give the batch's samples that entered some unit's top ``n`` a pool row each (rows no
