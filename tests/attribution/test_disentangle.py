@@ -465,3 +465,13 @@ def test_bad_relevance() -> None:
         Disentangle(mlp_model(), mlp_plan(), relevance="lrp")
     with pytest.raises(TypeError, match=r"got int"):
         Disentangle(mlp_model(), mlp_plan(), relevance=3)
+
+
+def test_init_help_documents_neuronsplit_parameters_not_captums() -> None:
+    import inspect
+
+    doc = inspect.getdoc(Disentangle.__init__)
+    assert doc is not None and doc is not inspect.getdoc(GradientAttribution.__init__)
+    for name in ("model : nn.Module", "plan : SplitPlan, optional", "relevance : ", "Raises"):
+        assert name in doc
+    assert "forward_func" not in doc  # Captum's own parameter

@@ -30,6 +30,7 @@ from neuronsplit.attribution import (
     subunit_refs,
     subunit_rows,
 )
+from neuronsplit.attribution.selectors import UnitSelector
 from neuronsplit.errors import UnknownSubunitError
 from neuronsplit.nn import apply_plan
 from neuronsplit.plan import SplitPlan, UnitSplit
@@ -136,13 +137,22 @@ def test_selector_forms() -> None:
     with pytest.raises(ValueError, match=r"4-D outputs"):
         subunit_selector(split, ("conv2", 0, 0), ndim=3)
     _, msplit, _, _, _ = _setup("mlp")
-    assert subunit_selector(msplit, ("fc2", 1, "residual")) == msplit.fc2.residual_index(1)
+    # without ndim a Linear gets an int that Captum calls: (B, C) picks, (B, T, C) sums tokens
+    residual = subunit_selector(msplit, ("fc2", 1, "residual"))
+    assert isinstance(residual, UnitSelector) and callable(residual)
+    assert residual == msplit.fc2.residual_index(1) == 6
+    flat = torch.arange(2 * 10, dtype=DT).reshape(2, 10)
+    torch.testing.assert_close(residual(flat), flat[:, 6])
+    torch.testing.assert_close(flat[:, residual], flat[:, 6])
+    tokens = torch.arange(2 * 3 * 10, dtype=DT).reshape(2, 3, 10)
+    torch.testing.assert_close(residual(tokens), tokens[:, :, 6].sum(1))
     assert subunit_selector(msplit, ("fc2", 1, 1), ndim=2) == 5
     token = subunit_selector(msplit, ("fc2", 1, 1), ndim=3)
     assert isinstance(token, TokenSumSelector) and token.channel == 5
     assert subunit_selector(msplit, ("fc2", 1, 1), ndim=3, token=2) == (2, 5)
-    with pytest.raises(ValueError, match=r"token=0 needs a token output"):
-        subunit_selector(msplit, ("fc2", 1, 1), token=0)
+    assert subunit_selector(msplit, ("fc2", 1, 1), token=2) == (2, 5)  # token implies (B, T, C)
+    with pytest.raises(ValueError, match=r"token=0 needs a token output \(B, T, C\), but ndim=2"):
+        subunit_selector(msplit, ("fc2", 1, 1), token=0, ndim=2)
     with pytest.raises(UnknownSubunitError, match=r"subunit k=5 does not exist for unit 1"):
         subunit_selector(msplit, ("fc2", 1, 5))
     assert [str(r) for r in subunit_refs(msplit)] == [
@@ -173,6 +183,7 @@ def test_overlap_selector_forms() -> None:
     tokens = torch.arange(2 * 4 * 10, dtype=DT).reshape(2, 4, 10)
     torch.testing.assert_close(sel(tokens), (tokens[..., 5] + tokens[..., 6]).sum(1))
     assert subunit_selector(msplit, ("fc2", 1, "residual")) == 6
+    assert subunit_selector(msplit, ("fc2", 1, "residual"), ndim=2) == 6
     with pytest.raises(ValueError, match=r"overlap subunits are a sum of two rows"):
         subunit_selector(msplit, ("fc2", 1, 1), ndim=3, token=0)
 
@@ -292,6 +303,9 @@ def test_layer_methods_on_subunits(kind: str, method: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+# NeuronConductance warns about every callable selector; a Linear's UnitSelector is one (an int
+# Captum calls), and the values below equal the plain int's on the original model
+@pytest.mark.filterwarnings("ignore:The neuron_selector provided is a callable")
 @pytest.mark.parametrize("kind", ["conv", "mlp"])
 @pytest.mark.parametrize("method", list(NEURON_METHODS))
 def test_neuron_methods_on_subunits(kind: str, method: str) -> None:

@@ -258,10 +258,36 @@ def test_equal_plans_hash_equal() -> None:
 
 
 def test_plan_repr_is_short() -> None:
-    text = repr(_plan())
-    assert text.startswith("SplitPlan(LayerSplit('4', units=2, inputs=4, K=2-3, merge='overlap')")
-    assert "meta keys=['method', 'nested', 'rho']" in text
+    # layer "4": units 1 (K=2) and 0 (K=3); layer "0": unit 2 (K=2)
+    assert repr(_plan()) == (
+        "SplitPlan(2 layers, 3 units split, 7 subunits, layers=['4', '0'], "
+        "meta keys=['method', 'nested', 'rho'])"
+    )
     assert repr(SplitPlan([])) == "SplitPlan(<empty>)"
+    one = SplitPlan([UnitSplit("fc", 0, [[0], [1]])])
+    assert repr(one) == "SplitPlan(1 layer, 1 unit split, 2 subunits, layers=['fc'])"
+    # six whole ViT-sized layers: still counts, never indices
+    g = torch.Generator().manual_seed(0)
+    layers = [
+        LayerSplit(f"blocks.{i}.mlp.fc1", torch.arange(512), torch.randint(-1, 3, (512, 192), generator=g))
+        for i in range(6)
+    ]  # fmt: skip
+    text = repr(SplitPlan(layers))
+    assert text.startswith("SplitPlan(6 layers, 3072 units split, 9216 subunits, layers=[")
+    assert text.endswith("'blocks.3.mlp.fc1', '...'])") and len(text) < 200
+
+
+def test_unit_split_repr_counts_instead_of_listing_indices() -> None:
+    big = UnitSplit("blocks.0.mlp.fc1", 7, [range(0, 100), range(100, 250)], shared=range(250, 768))
+    assert repr(big) == (
+        "UnitSplit('blocks.0.mlp.fc1', unit=7, K=2, group sizes=(100, 150), shared=518, "
+        "merge='disjoint')"
+    )
+    labelled = UnitSplit("fc", 0, [[1], []], shared=[0], merge="overlap", labels=("cat", "dog"))
+    assert repr(labelled) == (
+        "UnitSplit('fc', unit=0, K=2, group sizes=(1, 0), shared=1, merge='overlap', "
+        "labels=('cat', 'dog'))"
+    )
 
 
 def test_plan_json_round_trip_str_and_path(tmp_path) -> None:

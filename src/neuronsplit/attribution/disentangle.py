@@ -35,9 +35,7 @@ overlap form) with a merge coefficient ``coef_s`` (1, or ``-(K-1)`` for an overl
 Sums: the input attributions of all subunits of a unit (including the residual) add up to the
 unit's conditional attribution, computed by :meth:`Disentangle.attribute_unit` directly at
 the merged output (identical to the unsplit model's), in both merge forms and both backends.
-
-The forward pass and the masked backward live in :mod:`neuronsplit.attribution.masked`; this
-module is the Captum-facing API.
+The forward pass and the masked backward live in :mod:`neuronsplit.attribution.masked`.
 
 Examples
 --------
@@ -126,32 +124,7 @@ class Disentangle(GradientAttribution):
 
     A ``captum.attr.GradientAttribution``: input-shaped results with the inputs' tuple-ness,
     ``attribute`` decorated with ``captum.log.log_usage``, convergence delta on request. The
-    exact definition is in the module docstring.
-
-    Parameters
-    ----------
-    model : nn.Module
-        A split model (from :func:`neuronsplit.apply_plan`), used as is, or an unsplit model
-        together with ``plan`` (then a split deep copy is made; ``model`` is untouched).
-        Attributions are computed in eval mode, as the scan's relevances are (BatchNorm uses
-        its running statistics and never updates them, dropout is off); every module's
-        training flag is restored after each call.
-    plan : SplitPlan, optional
-        The plan to apply to an unsplit ``model``.
-    relevance : "grad_x_act" or zennit Composite or RelevanceBackend, default "grad_x_act"
-        Gradient x activation (seeded with 1 at the target, as Captum does) or Zennit LRP
-        (seeded with the target logit, so LRP-0 reproduces gradient x activation); the same
-        objects ``neuronsplit.scan`` and ``ns.ZennitAttribution`` accept; a bare composite gets
-        the model family's canonizers (``ns.Zennit.for_model``).
-
-    Raises
-    ------
-    PlanMismatchError
-        No split layers and no plan, a plan that does not fit ``model``, or a split model with
-        a different plan.
-    UnsupportedModelError, InvalidArgumentError
-        A bare composite on a model of no known family, or a composite its family refuses
-        (``Zennit.for_model``); pass ``ns.Zennit(composite, canonizers=[...])`` instead.
+    exact definition is in the module docstring; the parameters are those of ``__init__``.
 
     Examples
     --------
@@ -176,6 +149,33 @@ class Disentangle(GradientAttribution):
         *,
         relevance: Any = "grad_x_act",
     ) -> None:
+        """Wrap a split model (or an unsplit one and its plan) for subunit attribution.
+
+        Parameters
+        ----------
+        model : nn.Module
+            A split model (from :func:`neuronsplit.apply_plan`), used as is, or an unsplit model
+            together with ``plan`` (then a split deep copy is made; ``model`` is untouched).
+            Attributions are computed in eval mode, as the scan's relevances are (BatchNorm uses
+            its running statistics and never updates them, dropout is off); every module's
+            training flag is restored after each call.
+        plan : SplitPlan, optional
+            The plan to apply to an unsplit ``model``.
+        relevance : "grad_x_act" or zennit Composite or RelevanceBackend, default "grad_x_act"
+            Gradient x activation (seeded with 1 at the target, as Captum does) or Zennit LRP
+            (seeded with the target logit, so LRP-0 reproduces gradient x activation); the same
+            objects ``neuronsplit.scan`` and ``ns.ZennitAttribution`` accept; a bare composite gets
+            the model family's canonizers (``ns.Zennit.for_model``).
+
+        Raises
+        ------
+        PlanMismatchError
+            No split layers and no plan, a plan that does not fit ``model``, or a split model with
+            a different plan.
+        UnsupportedModelError, InvalidArgumentError
+            A bare composite on a model of no known family, or a composite its family refuses
+            (``Zennit.for_model``); pass ``ns.Zennit(composite, canonizers=[...])`` instead.
+        """
         split = _prepare_model(model, plan)
         self.backend = get_backend(relevance, model=split)
         GradientAttribution.__init__(self, split)

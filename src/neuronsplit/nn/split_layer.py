@@ -227,7 +227,8 @@ class _SplitLayer(nn.Module):
 
     def extra_repr(self) -> str:
         ks = self.layer_split.num_subunits
-        k_text = "" if not ks.numel() else f", K={int(ks.min())}..{int(ks.max())}"
+        low, high = (int(ks.min()), int(ks.max())) if ks.numel() else (0, 0)
+        k_text = "" if not ks.numel() else f", K={low}" if low == high else f", K={low}..{high}"
         return (
             f"original_out={self.original_out}, split_units={self.layer_split.num_units}"
             f"{k_text}, extra_rows={self.merge.num_extra}, form={self.form!r}"

@@ -324,12 +324,17 @@ class SplitPlan:
         return (SplitPlan, (self.layer_splits, thaw(self.meta)))
 
     def __repr__(self) -> str:
+        # counts, not indices: a whole-layer plan has millions of assignments
         if not self._layers:
             body = "<empty>"
         else:
-            parts = [repr(ls) for ls in list(self._layers.values())[:4]]
-            more = f", ... {len(self._layers) - 4} more layers" if len(self._layers) > 4 else ""
-            body = ", ".join(parts) + more
+            n, units = len(self._layers), self.num_units
+            subunits = sum(int(ls.num_subunits.sum()) for ls in self._layers.values())
+            names = list(self._layers)[:4] + (["..."] if n > 4 else [])
+            body = (
+                f"{n} layer{'s' if n > 1 else ''}, {units} unit{'s' if units != 1 else ''} "
+                f"split, {subunits} subunits, layers={names}"
+            )
         meta = f", meta keys={sorted(self.meta)}" if self.meta else ""
         return f"SplitPlan({body}{meta})"
 

@@ -63,6 +63,15 @@ class UnitSplit:
     merge: str = "disjoint"
     labels: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:
+        # counts, not indices: a ViT unit has thousands of inputs
+        sizes = ", ".join(str(len(g)) for g in self.groups)
+        labels = f", labels={self.labels}" if self.labels else ""
+        return (
+            f"UnitSplit({self.layer!r}, unit={self.unit}, K={len(self.groups)}, group sizes=("
+            f"{sizes}), shared={len(self.shared)}, merge={self.merge!r}{labels})"
+        )
+
     def __post_init__(self) -> None:
         if not isinstance(self.layer, str) or not self.layer:
             raise PlanError(

@@ -15,6 +15,7 @@ from .detect import (
     pairs_table,
     relevant_classes,
 )
+from .diagnosis import DetectionDiagnosis, PolysemanticUnits
 from .planner import plan_split
 from .rho import RHO_GRID, hesse_masks, rho_assignment, rho_partition, subunit_score
 
@@ -24,6 +25,8 @@ __all__ = [
     "arv",
     "cosine",
     "find_polysemantic",
+    "DetectionDiagnosis",
+    "PolysemanticUnits",
     "pairs_table",
     "relevant_classes",
     "concept_groups",

@@ -14,14 +14,16 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..._checks import check_bool, check_int, check_names, check_number
 from ...errors import ArgumentTypeError, EmptyClassError, InvalidArgumentError
 from ...stats import ScanResult
+from .diagnosis import DetectionDiagnosis, PolysemanticUnits, _quantiles
 
 __all__ = [
     "ClassPair",
@@ -57,12 +59,29 @@ class PolysemanticUnit:
         Every class the unit is relevant to (sorted).
     pairs : tuple of ClassPair
         The gamma-polysemantic pairs, lowest cosine first.
+    tau, p, gamma : float, optional
+        The parameters it was found with (:func:`~neuronsplit.plan_split` uses this ``gamma``
+        unless given another); not compared by ``==``.
+    include_negative : bool, optional
+        Likewise.
     """
 
     layer: str
     unit: int
     relevant: tuple[int, ...]
     pairs: tuple[ClassPair, ...]
+    tau: float | None = field(default=None, compare=False)
+    p: float | None = field(default=None, compare=False)
+    gamma: float | None = field(default=None, compare=False)
+    include_negative: bool | None = field(default=None, compare=False)
+
+    def __repr__(self) -> str:
+        found = "" if self.gamma is None else f", tau={self.tau}, p={self.p}, gamma={self.gamma}"
+        low = self.min_cosine if self.pairs else float("nan")
+        return (
+            f"PolysemanticUnit({self.layer!r}, {self.unit}, classes={self.classes}, "
+            f"{len(self.pairs)} pairs, min_cosine={low:.4g}{found})"
+        )
 
     @property
     def classes(self) -> tuple[int, ...]:
@@ -130,8 +149,13 @@ def find_polysemantic(
     cos_low: float = 0.0,
     include_negative: bool = False,
     classes: Sequence[int] | None = None,
-) -> list[PolysemanticUnit]:
+) -> PolysemanticUnits:
     """Find gamma-polysemantic units, most polysemantic (lowest ARV cosine) first.
+
+    The result carries a :class:`~neuronsplit.methods.hesse.DetectionDiagnosis`
+    (``units.diagnosis``: candidate counts, pair-cosine quantiles, images without positive
+    relevance, and which parameter to change); a ``UserWarning`` with it is issued when nothing
+    is found or when more than 90 % of (at least 10) units are flagged.
 
     Parameters
     ----------
@@ -155,9 +179,10 @@ def find_polysemantic(
 
     Returns
     -------
-    list of PolysemanticUnit
-        Sorted by lowest pair cosine, then layer order, then unit index. Pairs whose ARV is the
-        zero vector (cosine undefined) are skipped.
+    PolysemanticUnits
+        A list of PolysemanticUnit sorted by lowest pair cosine, then layer order, then unit
+        index, with ``.diagnosis``. Pairs whose ARV is the zero vector (cosine undefined) are
+        skipped. Each unit remembers ``tau, p, gamma, include_negative``.
 
     Raises
     ------
@@ -203,26 +228,70 @@ def find_polysemantic(
             result._class_count(c)  # raises for empty classes
             allowed[c] = True
     found: list[tuple[float, int, int, PolysemanticUnit]] = []
+    counts = {"units": 0, "candidates": 0, "single": 0, "undefined": 0}
+    cosines: list[float] = []
+    max_p, no_positive = 0.0, []
     for layer_pos, layer in enumerate(names):
         relevant = relevant_classes(result, layer, tau=tau, p=p)
         if allowed is not None:
             relevant &= allowed.unsqueeze(1)
-        for unit in torch.nonzero(relevant.sum(0) >= 2).flatten().tolist():
+        per_unit = relevant.sum(0)
+        counts["units"] += relevant.shape[1]
+        counts["single"] += int((per_unit == 1).sum())
+        max_p = max(max_p, _largest_p(result, layer, tau, allowed))
+        blank = result.no_positive_relevance(layer)
+        no_positive.append(
+            (layer, int(blank[allowed].sum() if allowed is not None else blank.sum()))
+        )
+        for unit in torch.nonzero(per_unit >= 2).flatten().tolist():
+            counts["candidates"] += 1
             rel = torch.nonzero(relevant[:, unit]).flatten().tolist()
             arvs = result.arvs(layer, unit, rel)  # (R, J), closed form
             pairs = []
             for (ia, a), (ib, b) in itertools.combinations(enumerate(rel), 2):
                 cos = cosine(arvs[ia], arvs[ib])
                 if cos != cos:  # NaN: a zero ARV has no direction
+                    counts["undefined"] += 1
                     continue
+                cosines.append(cos)
                 if cos < gamma and (include_negative or cos >= cos_low):
                     pairs.append(ClassPair(a, b, cos))
             if pairs:
                 pairs.sort(key=lambda pair: (pair.cosine, pair.class_a, pair.class_b))
-                unit_info = PolysemanticUnit(layer, unit, tuple(rel), tuple(pairs))
+                unit_info = PolysemanticUnit(
+                    layer, unit, tuple(rel), tuple(pairs), tau=tau, p=p, gamma=gamma,
+                    include_negative=include_negative,
+                )  # fmt: skip
                 found.append((pairs[0].cosine, layer_pos, unit, unit_info))
     found.sort(key=lambda item: item[:3])
-    return [item[3] for item in found]
+    images = result.class_counts if allowed is None else result.class_counts[allowed]
+    diagnosis = DetectionDiagnosis(
+        tau=float(tau), p=float(p), gamma=float(gamma), cos_low=float(cos_low),
+        include_negative=include_negative, layers=tuple(names), num_units=counts["units"],
+        num_found=len(found), num_candidates=counts["candidates"], num_single=counts["single"],
+        num_pairs=len(cosines), num_undefined=counts["undefined"],
+        cosine_quantiles=_quantiles(cosines) if cosines else (), max_p=max_p,
+        num_images=int(images.sum()), num_classes=int((images > 0).sum()),
+        no_positive=tuple(no_positive), tau_grid=result.tau_grid,
+    )  # fmt: skip
+    if diagnosis.problem is not None:
+        # stacklevel 2: the warning points at the caller's find_polysemantic line
+        warnings.warn(str(diagnosis), UserWarning, stacklevel=2)
+    return PolysemanticUnits((item[3] for item in found), diagnosis)
+
+
+def _largest_p(result: ScanResult, layer: str, tau: float, allowed: torch.Tensor | None) -> float:
+    """The largest ``p`` at which some unit of ``layer`` is relevant to two classes at ``tau``.
+
+    A unit is relevant to class ``t`` when its share of important images reaches ``p``, so the
+    answer is the largest second-highest share over units.
+    """
+    n = result.class_counts.to(torch.float64)
+    keep = n > 0 if allowed is None else (n > 0) & allowed
+    if int(keep.sum()) < 2:
+        return 0.0
+    shares = result.important_counts(layer, tau).to(torch.float64)[keep] / n[keep].unsqueeze(1)
+    return float(shares.topk(2, dim=0).values[1].max())
 
 
 def pairs_table(units: Sequence[PolysemanticUnit]) -> list[dict[str, object]]:

@@ -32,7 +32,7 @@ def plan_split(
     concepts: Sequence[Sequence[int]] | None = None,
     merge: str = "overlap",
     mode: str = "faithful",
-    gamma: float = 0.5,
+    gamma: float | None = None,
     max_images: int | None = None,
     progress: bool = False,
 ) -> SplitPlan:
@@ -58,8 +58,9 @@ def plan_split(
         How the subunits are read (``"overlap"`` is the paper's); the split rows are the same.
     mode : {"faithful", "magnitude"}
         Signed official rule or the symmetric magnitude variant.
-    gamma : float
-        Similarity threshold used to group classes into concepts.
+    gamma : float, optional
+        Similarity threshold used to group classes into concepts. Default: the ``gamma`` each
+        unit was found with (:attr:`PolysemanticUnit.gamma`), 0.5 for a unit built by hand.
     max_images : int, optional
         Use at most this many images per concept for the rho score (exactly).
     progress : bool
@@ -98,7 +99,8 @@ def plan_split(
         check_module(model, "model")
     form = normalise_form(merge, "plan")  # PlanError (a ValueError) names the valid forms
     check_choice(mode, "mode", ("faithful", "magnitude"))
-    check_number(gamma, "gamma", low=-1.0, high=1.0)
+    if gamma is not None:
+        check_number(gamma, "gamma", low=-1.0, high=1.0)
     check_int(max_images, "max_images", low=1, optional=True)
     check_bool(progress, "progress")
     if concepts is not None and len(units) > 1:
@@ -106,17 +108,18 @@ def plan_split(
     grid = RHO_GRID if rho == "auto" else (float(rho),)
     rhos = torch.tensor(grid, dtype=torch.float64)
     items: dict[str, list[UnitToScore]] = {}
+    gammas: dict[tuple[str, int], float] = {}
     for u in units:
+        # an explicit gamma wins, then the one the unit was found with, then the paper's 0.5
+        unit_gamma = gamma if gamma is not None else (u.gamma if u.gamma is not None else 0.5)
+        gammas[(u.layer, u.unit)] = unit_gamma
         unit_concepts = (
             tuple(tuple(int(c) for c in concept) for concept in concepts)
             if concepts is not None
-            else concept_groups(result, u, gamma=gamma)
+            else concept_groups(result, u, gamma=unit_gamma)
         )
         if len(unit_concepts) < 2:
-            raise InvalidArgumentError(
-                f"unit {u.unit} of {u.layer!r} has a single concept {unit_concepts}; its classes "
-                "are mutually similar at this gamma, so there is nothing to split"
-            )
+            raise InvalidArgumentError(_single_concept(result, u, unit_concepts, unit_gamma, gamma))
         arvs = result.concept_arvs(u.layer, u.unit, unit_concepts)
         assignments = rho_assignment(arvs, rhos, mode=mode)  # (R, J)
         items.setdefault(u.layer, []).append(UnitToScore(u.unit, unit_concepts, assignments))
@@ -158,6 +161,7 @@ def plan_split(
                     "layer": layer,
                     "unit": it.unit,
                     "concepts": [list(c) for c in it.concepts],
+                    "gamma": gammas[(layer, it.unit)],
                     "rho": grid[best],
                     "rho_grid": list(grid),
                     "score": [s[0] for s in unit_scores],
@@ -170,3 +174,31 @@ def plan_split(
         )
     infos.sort(key=lambda info: (list(items).index(info["layer"]), info["unit"]))
     return SplitPlan(splits, meta={"method": "hesse2025", "mode": mode, "units": infos})
+
+
+def _single_concept(
+    result: ScanResult,
+    unit: PolysemanticUnit,
+    concepts: Sequence[Sequence[int]],
+    used: float,
+    given: float | None,
+) -> str:
+    """The refusal message: which gamma was used, where it came from, and the one to pass."""
+    source = (
+        "passed to plan_split" if given is not None
+        else "from find_polysemantic" if unit.gamma is not None
+        else "the default"
+    )  # fmt: skip
+    classes = [c for concept in concepts for c in concept]
+    lowest = ""
+    if len(classes) > 1:
+        unit_arvs = torch.nn.functional.normalize(
+            result.arvs(unit.layer, unit.unit, classes).to(torch.float64), dim=1
+        )
+        cos = float((unit_arvs @ unit_arvs.T).min())
+        lowest = f" (lowest ARV cosine {cos:.4g}); pass gamma= above {cos:.4g} to plan_split"
+    return (
+        f"unit {unit.unit} of {unit.layer!r} has a single concept {tuple(concepts)} at "
+        f"gamma={used} ({source}): its classes are mutually more similar than gamma, so there "
+        f"is nothing to split{lowest or '; pass a higher gamma= to plan_split'}"
+    )
