@@ -114,9 +114,9 @@ def test_discover_timm_vit_from_name_and_local_weights(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model": "no_such_model_xyz"}, "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm"),
+        ({"model": "no_such_model_xyz"}, "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm or torchvision"),
         ({"model": "weights.safetensors"}, "is a file; --model takes the architecture"),
-        ({"weights": "w.safetensors"}, "apply to timm models, not to 'demo-vit'"),
+        ({"weights": "w.safetensors"}, "apply to timm / torchvision models, not to 'demo-vit'"),
         ({"image_size": 16}, "takes 8x8 images"),
         ({"data": "missing"}, "does not exist"),
         ({"data": "empty"}, "holds no usable ImageFolder tree"),
@@ -138,7 +138,7 @@ def test_discover_user_errors_are_reported(
     for key in ("data", "weights"):
         if key in change:
             args[key] = tmp_path / change[key]
-    assert main(_argv(**args)) == 1
+    assert main(_argv(**args)) == 2  # a user error
     err = capsys.readouterr().err
     assert err.startswith("neuronsplit discover: error:") and message in err, err
     assert not (tmp_path / "out").exists()
@@ -154,7 +154,7 @@ def test_discover_weights_of_another_architecture_are_a_clean_error(
         data=_rgb_folder(tmp_path / "images", 2, 2), layers=["blocks.1.mlp.fc1"],
         out=tmp_path / "out",
     )  # fmt: skip
-    assert main(argv) == 1
+    assert main(argv) == 2  # a user error
     err = capsys.readouterr().err
     assert "does not fit --model 'vit_tiny_patch16_224'" in err and "blocks.2" in err, err
 

@@ -80,7 +80,7 @@ def test_steer_command_saves_the_steered_split(
         ({"scales": "unknown"}, "unit 1 is not split"),
         ({"out": "same"}, "is the --split directory"),
         ({"split": "nothing"}, "does not exist"),
-        ({"model": "no_such_model_xyz"}, "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm"),
+        ({"model": "no_such_model_xyz"}, "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm or torchvision"),
         ({"model": "demo-vit"}, "parameter shapes differ"),  # split of another architecture
     ],
 )
@@ -101,7 +101,7 @@ def test_steer_command_reports_user_errors(
         value = str(files["dir"])
     elif key != "model":
         value = str(tmp_path / value)
-    assert main(_argv(files, **{key: value})) == 1
+    assert main(_argv(files, **{key: value})) == 2  # a user error
     err = capsys.readouterr().err
     assert err.startswith("neuronsplit steer: error: ") and message in err, err
     assert not files["out"].exists()
@@ -110,7 +110,7 @@ def test_steer_command_reports_user_errors(
 def test_build_model_options() -> None:
     assert type(build_model("demo")[0]).__name__ == "DigitsNet"
     assert type(build_model("demo-cnn")[0]).__name__ == "DigitsNet"
-    with pytest.raises(InvalidArgumentError, match="apply to timm models"):
+    with pytest.raises(InvalidArgumentError, match="apply to timm / torchvision models"):
         build_model("demo", num_classes=3)
     model, is_demo = build_model("test_resnet", num_classes=3)
     assert not is_demo and not model.training and model.get_classifier().out_features == 3

@@ -1,7 +1,7 @@
 """The ``neuronsplit discover`` command: split whole layers without labels (ELUDe).
 
 ``neuronsplit discover --model NAME --data DIR --layers LAYER [LAYER ...] --out DIR`` builds
-the architecture (``demo`` / ``demo-cnn``, ``demo-vit`` or a timm model name, see
+the architecture (``demo`` / ``demo-cnn``, ``demo-vit``, a timm or torchvision model name, see
 :mod:`neuronsplit.cli_models`), collects every unit's top-activating samples of the
 ImageFolder tree ``--data`` (labels are not read), clusters their input contributions
 (:func:`neuronsplit.methods.elude.discover`), splits the units with clear concepts and saves
@@ -20,10 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import int_in, number_in
-from .cli_models import DEMO_IMAGE_SIZE, add_model_arguments, build_model, run_command
-from .errors import InvalidArgumentError, MissingFileError, NeuronSplitError
+from .cli_data import build_loader, data_option
+from .cli_models import add_model_arguments, build_model, model_options, run_command
+from .errors import InvalidArgumentError
 
-__all__ = ["add_discover_parser", "discover_main"]
+__all__ = [
+    "add_discover_parser",
+    "add_discover_options",
+    "discover_main",
+    "discover_plan",
+    "discover_summary",
+    "saved_command",
+]
 
 
 def add_discover_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -50,13 +58,37 @@ def add_discover_parser(subparsers: Any) -> argparse.ArgumentParser:
         p, model_role="the architecture to split",
         image_size_note="the images are resized and center-cropped to N",
     )  # fmt: skip
-    p.add_argument("--data", required=True, help="ImageFolder tree: one sub-folder per class")
+    p.add_argument(
+        "--data", required=True, metavar="DIR",
+        help="ImageFolder tree: one sub-folder per class (labels are not read); or 'digits' "
+        "for the demo models",
+    )  # fmt: skip
     p.add_argument(
         "--layers", required=True, nargs="+", metavar="LAYER",
         help="Linear / Conv2d layers, e.g. blocks.11.mlp.fc1 blocks.11.mlp.fc2",
     )  # fmt: skip
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--max-concepts", type=int_in(2), default=4, help="largest K (default 4)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_discover_options(p)
+    p.add_argument("--batch-size", type=int_in(1), default=64, help="images per batch (64)")
+    p.add_argument("--max-batches", type=int_in(1), default=None, help="stop after N batches")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=discover_main)
+    return p
+
+
+def add_discover_options(p: argparse.ArgumentParser) -> None:
+    """Add the options of :func:`neuronsplit.discover` (``neuronsplit discover`` and
+    ``neuronsplit split --unsupervised`` share them).
+
+    Examples
+    --------
+    >>> p = argparse.ArgumentParser()
+    >>> add_discover_options(p)
+    >>> p.parse_args([]).max_concepts
+    4
+    """
+    p.add_argument("--max-concepts", type=int_in(2), default=4,
+                   help="largest number of concepts K of a unit (default 4)")  # fmt: skip
     p.add_argument(
         "--top-n", type=int_in(2), default=None,
         help="samples kept per unit (default: ns.discover's DEFAULT_TOP_N)",
@@ -67,51 +99,71 @@ def add_discover_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="every token is a sample, or every image at its top token")  # fmt: skip
     p.add_argument(
         "--min-silhouette", type=number_in(-1, 1), default=0.4,
-        help="silhouette a clustering must reach for a split (default 0.4)",
+        help="silhouette a clustering must reach for a split, in [-1, 1] (default 0.4)",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int_in(1), default=64, help="images per batch (64)")
-    p.add_argument("--max-batches", type=int_in(1), default=None, help="stop after N batches")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=discover_main)
-    return p
 
 
 def discover_main(args: argparse.Namespace) -> int:
-    """Run ``neuronsplit discover``; returns the exit code (1 with a message on a user error)."""
+    """Run ``neuronsplit discover``; returns the exit code (2 with a message on a user error)."""
     return run_command("discover", _run, args)
 
 
-def _loader(args: argparse.Namespace, model: Any, is_demo: bool) -> Any:
-    """The ``--data`` ImageFolder tree as batches of the images ``model`` takes."""
-    from .loading import image_folder_loader
+def discover_plan(args: argparse.Namespace, model: Any, loader: Any) -> Any:
+    """:func:`neuronsplit.discover` with the options of :func:`add_discover_options` and
+    ``args.layers``, ``args.max_batches``, ``args.no_progress``; returns the SplitPlan."""
+    from .methods.elude import discover
 
-    transform = None
-    if is_demo:  # the digits models: one channel, 8x8, values in [0, 1]
-        from torchvision import transforms
+    top_n = {} if args.top_n is None else {"top_n": args.top_n}  # None: discover's default
+    return discover(
+        model, loader, args.layers, max_concepts=args.max_concepts, **top_n,
+        tokens=args.tokens, samples=args.samples, min_silhouette=args.min_silhouette,
+        max_batches=args.max_batches, progress=not args.no_progress,
+    )  # fmt: skip
 
-        size = (DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE)
-        transform = transforms.Compose(
-            [transforms.Grayscale(1), transforms.Resize(size), transforms.ToTensor()]
-        )
-    elif args.image_size is not None:
-        from timm.data import create_transform, resolve_data_config
 
-        size = (3, args.image_size, args.image_size)
-        transform = create_transform(**resolve_data_config({"input_size": size}, model=model))
-    try:
-        return image_folder_loader(args.data, model, batch_size=args.batch_size,
-                                   transform=transform)  # fmt: skip
-    except FileNotFoundError as err:
-        if isinstance(err, NeuronSplitError):
-            raise
-        # torchvision: no class folder, or a class folder without images
-        raise MissingFileError(
-            f"--data {args.data!r} holds no usable ImageFolder tree: {err}"
-        ) from err
+def saved_command(args: argparse.Namespace) -> dict[str, Any]:
+    """The model and data options of ``args``, stored in the saved split's meta so that
+    ``neuronsplit verify`` can rebuild the model and read the data (paths made absolute).
+
+    Examples
+    --------
+    >>> args = argparse.Namespace(model="demo", weights=None, num_classes=None, image_size=None,
+    ...                           data="digits", layers=["fc2"], batch_size=8, max_batches=None)
+    >>> saved_command(args)["data"], saved_command(args)["model"]
+    ('digits', 'demo')
+    """
+    options = model_options(args)
+    return {
+        "model": options.pop("name"), **options, "data": data_option(args.data),
+        "layers": list(args.layers), "batch_size": args.batch_size,
+        "max_batches": args.max_batches,
+    }  # fmt: skip
+
+
+def discover_summary(plan: Any) -> list[str]:
+    """One line per layer of a :func:`neuronsplit.discover` plan and a total line.
+
+    Examples
+    --------
+    >>> from neuronsplit.plan import SplitPlan
+    >>> info = {"split": 1, "examined": 4, "k_histogram": {"2": 1}, "left_alone": {}}
+    >>> discover_summary(SplitPlan([], meta={"elude": {"layers": {"fc2": info}}}))
+    ['fc2: 1/4 units split (K=2: 1); left alone: none', '1/4 units split in 1 layer(s)']
+    """
+    layers = plan.meta["elude"]["layers"]
+    lines = []
+    for name, info in layers.items():
+        ks = " ".join(f"K={k}: {n}" for k, n in info["k_histogram"].items()) or "none"
+        alone = ", ".join(f"{why} {n}" for why, n in info["left_alone"].items()) or "none"
+        lines.append(f"{name}: {info['split']}/{info['examined']} units split ({ks}); "
+                     f"left alone: {alone}")  # fmt: skip
+    split = sum(v["split"] for v in layers.values())
+    examined = sum(v["examined"] for v in layers.values())
+    lines.append(f"{split}/{examined} units split in {len(layers)} layer(s)")
+    return lines
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .methods.elude import discover
     from .nn import apply_plan, save
 
     out = Path(args.out)
@@ -121,31 +173,17 @@ def _run(args: argparse.Namespace) -> int:
         args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache,
         image_size=args.image_size,
     )  # fmt: skip
-    loader = _loader(args, model, is_demo)
-    top_n = {} if args.top_n is None else {"top_n": args.top_n}  # None: discover's default
-    plan = discover(
-        model, loader, args.layers, max_concepts=args.max_concepts, **top_n,
-        tokens=args.tokens, samples=args.samples, min_silhouette=args.min_silhouette,
-        max_batches=args.max_batches, progress=not args.no_progress,
+    loader, _ = build_loader(
+        args.data, model, is_demo, batch_size=args.batch_size, image_size=args.image_size,
+        model_name=args.model,
     )  # fmt: skip
-    command = {
-        "model": args.model, "weights": args.weights, "num_classes": args.num_classes,
-        "image_size": args.image_size, "data": str(args.data), "layers": list(args.layers),
-        "batch_size": args.batch_size, "max_batches": args.max_batches,
-    }  # fmt: skip
+    plan = discover_plan(args, model, loader)
+    command = saved_command(args)
     save(apply_plan(model, plan), out, meta={**plan.meta, "discover_command": command})
-    layers = plan.meta["elude"]["layers"]
-    for name, info in layers.items():
-        ks = " ".join(f"K={k}: {n}" for k, n in info["k_histogram"].items()) or "none"
-        alone = ", ".join(f"{why} {n}" for why, n in info["left_alone"].items()) or "none"
-        sys.stdout.write(
-            f"{name}: {info['split']}/{info['examined']} units split ({ks}); left alone: {alone}\n"
-        )
-    split = sum(v["split"] for v in layers.values())
-    examined = sum(v["examined"] for v in layers.values())
-    sys.stdout.write(
-        f"{split}/{examined} units split in {len(layers)} layer(s); wrote plan.json, "
-        f"plan.safetensors and weights.safetensors to {str(out)!r} (load them with "
-        "neuronsplit.load(out, model))\n"
+    lines = discover_summary(plan)
+    lines[-1] += (
+        f"; wrote plan.json, plan.safetensors and weights.safetensors to {str(out)!r} (load them "
+        "with neuronsplit.load(out, model))"
     )
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
     return 0

@@ -66,7 +66,7 @@ def add_steer_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def steer_main(args: argparse.Namespace) -> int:
-    """Run ``neuronsplit steer``; returns the exit code (1 with a message on a user error)."""
+    """Run ``neuronsplit steer``; returns the exit code (2 with a message on a user error)."""
     return run_command("steer", _run, args)
 
 
