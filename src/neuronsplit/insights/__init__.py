@@ -19,18 +19,25 @@ reference, section 3.6):
   ``squeeze().permute(1, 2, 0)`` fails on 1-channel images (4), and an all-zero map makes
   Captum's normalisation raise ``AssertionError`` (5) -- a subunit that is silent on an image
   is the normal case here, so such maps are drawn as an empty heat map instead.
-* :func:`make_visualizer` refuses missing labels (6: Insights would loop forever), checks that
-  there is a class name for every model output and at least two outputs (8, 9), and bounds
-  ``visualize()`` to one pass over the data, so a UI filter that matches nothing returns an
-  empty page instead of hanging the request (7).
+* :func:`make_visualizer` takes any model with a plan and a dataset (the demo model and the
+  digits are the default), draws the images once (seeded, or the user's indices) and shows
+  that same batch on every Fetch, so one image can be compared across the unit, its
+  subunits and Integrated Gradients. It refuses missing labels (6: Insights would loop
+  forever), checks that there is a class name for every model output and at least two
+  outputs (8, 9), and bounds ``visualize()`` to one pass over the batch, so a UI filter that
+  matches nothing returns an empty page instead of hanging the request (7). Each distinct
+  warning of a Fetch (Captum's ``torch.no_grad`` one comes on every call) is shown once
+  (:class:`WarningsOnce`).
 * :func:`serve` runs Flask through ``werkzeug.serving.make_server`` in a **daemon** thread and
   returns a handle with ``shutdown()``; Captum's own ``serve()`` starts a non-daemon thread and
   keeps global state (12). It checks that the front end is built (13).
 
 The parts live in private modules (all names importable from here): ``_display``
 (greyscale images and all-zero maps), ``_register`` (method registration and the
-generated Disentangle subclass), ``_app`` (:class:`InsightsApp`, the bounded
-visualizer), ``_server`` (the werkzeug daemon server) and ``cli`` (``neuronsplit insights``).
+generated Disentangle subclass), ``_data`` (the fixed batch), ``_app`` (:class:`InsightsApp`,
+the bounded visualizer, :class:`WarningsOnce`), ``_visualizer`` (the body of
+:func:`make_visualizer`), ``_server`` (the werkzeug daemon server) and ``cli``
+(``neuronsplit insights``).
 
 Examples
 --------
@@ -41,26 +48,16 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
 from ..attribution import SubunitRef
-from ..errors import InvalidTargetError, MissingExtraError
-from ..nn import iter_split_layers
+from ..errors import MissingExtraError
 from ..plan import SplitPlan
-from ._app import (
-    InsightsApp,
-    _bounded_visualizer_class,
-    _cycle_batches,
-    _default_plan,
-    _softmax,
-    _zero_baseline,
-)
+from ._app import InsightsApp, WarningsOnce
 from ._display import feature_class as _feature_class
 from ._register import UNIT_CHOICE as UNIT_CHOICE  # re-export: "unit" drop-down suffix
 from ._register import InsightsRegistration
@@ -75,6 +72,7 @@ __all__ = [
     "InsightsRegistration",
     "register",
     "InsightsApp",
+    "WarningsOnce",
     "make_visualizer",
     "InsightsServer",
     "serve",
@@ -202,34 +200,61 @@ def make_visualizer(
     model: nn.Module | None = None,
     plan: SplitPlan | None = None,
     *,
+    data: Any = None,
     images: Tensor | None = None,
     labels: Tensor | None = None,
+    indices: Sequence[int] | None = None,
     classes: Sequence[str] | None = None,
     batch_size: int = 4,
+    seed: int = 0,
+    input_transforms: Sequence[Callable[[Tensor], Tensor]] = (),
+    feature_name: str | None = None,
     relevance: Any = "grad_x_act",
     method_name: str = DEFAULT_METHOD_NAME,
     cache_dir: str | None = None,
 ) -> InsightsApp:
     """Build a Captum Insights visualizer of a split model with Disentangle registered.
 
-    With no arguments: the demo model (:func:`neuronsplit.demo_model.get_demo_model`), the
-    plan from :func:`neuronsplit.demo.demo_plan`, and the digits test split. Captum's own
-    methods (Integrated Gradients, Saliency, ...) stay available next to the subunit method.
+    Works for any model with a plan (a timm or torchvision ResNet, a ViT, ...). With no
+    arguments: the demo model (:func:`neuronsplit.demo.get_demo_model`), the plan from
+    :func:`neuronsplit.demo.demo_plan`, and the digits test split. Captum's own methods
+    (Integrated Gradients, Saliency, ...) stay available next to the subunit method.
+
+    The images are drawn **once** -- ``batch_size`` of them, by a generator seeded with
+    ``seed``, or the ones at ``indices`` -- and every Fetch shows that same batch, so one image
+    can be compared across the unit, its subunits and Captum's methods
+    (``app.images``, ``app.labels``, ``app.indices``). Each distinct warning of the attribution
+    code (e.g. Captum's ``torch.no_grad`` one) is shown once, not on every Fetch.
 
     Parameters
     ----------
     model : nn.Module, optional
-        An unsplit model (then ``plan`` is applied to a copy) or a split model.
+        An unsplit model (then ``plan`` is applied to a copy; the model is not changed) or a
+        split model. Default: the demo model.
     plan : SplitPlan, optional
-        Default for the demo model: ``neuronsplit.demo.demo_plan(model)``.
+        Required for an unsplit model other than the demo model (for the demo model it
+        defaults to ``neuronsplit.demo.demo_plan(model)``).
+    data : Dataset or DataLoader, optional
+        A map-style dataset of ``(image, label)`` pairs (or a DataLoader over one, e.g.
+        :func:`neuronsplit.image_folder_loader`). A transform ending in torchvision's
+        ``Normalize`` is split: the images are shown without it, the model gets it.
     images, labels : Tensor, optional
-        Inputs ``(N, C, H, W)`` in [0, 1] and integer labels ``(N,)``; default the digits
-        test split. Labels are required (Insights skips unlabelled samples and then waits
-        forever).
+        Instead of ``data``: inputs ``(N, C, H, W)`` in [0, 1] and integer labels ``(N,)``.
+        Labels are required (Insights skips unlabelled samples and then waits forever).
+    indices : sequence of int, optional
+        Show these samples of the data (default: ``batch_size`` drawn at random).
     classes : sequence of str, optional
-        One name per model output (default the digit names).
+        One name per model output (default the digit names for the demo, the dataset's
+        ``classes`` (ImageFolder folders), else ``"0"``, ``"1"``, ...).
     batch_size : int
-        Samples per dataset batch.
+        Number of images drawn when ``indices`` is not given.
+    seed : int
+        Seed of that draw.
+    input_transforms : sequence of callable
+        Applied to each ``(C, H, W)`` image before the model (e.g. a normalisation), not to
+        the picture shown.
+    feature_name : str, optional
+        Name of the image input in Insights (default ``"Digit"`` for the demo, else ``"Image"``).
     relevance : "grad_x_act" or zennit Composite
         Backend of the Disentangle method.
     method_name : str
@@ -246,78 +271,31 @@ def make_visualizer(
     ------
     MissingExtraError
         Without Captum Insights.
+    PlanError
+        No plan for a model that is not split; a plan whose layers the model lacks
+        (:class:`~neuronsplit.errors.PlanMismatchError`).
+    InvalidArgumentError
+        No data for a non-demo model, an empty dataset, indices out of range.
     InvalidTargetError
         Missing labels, labels out of range, too few class names, or a model with one output.
 
     Examples
     --------
-    >>> app = make_visualizer(model, plan)            # doctest: +SKIP
-    >>> sorted(app.visualizer.get_insights_config())  # doctest: +SKIP
-    ['classes', 'method_arguments', 'methods', 'selected_method']
-    >>> app.close()                                   # doctest: +SKIP
+    >>> loader = ns.image_folder_loader("val/", model)                 # doctest: +SKIP
+    >>> app = make_visualizer(model, plan, data=loader, indices=[0, 5]) # doctest: +SKIP
+    >>> app.choices[:2], app.indices                                    # doctest: +SKIP
+    (('layer4.1.conv2/u5/k0', 'layer4.1.conv2/u5/k1'), (0, 5))
+    >>> app.close()                                                     # doctest: +SKIP
     """
     require_insights()
-    from ..attribution import Disentangle
-    from ..demo import DIGIT_CLASSES, load_digits
-    from ..nn import plan_of
+    from ._visualizer import build_visualizer
 
-    if model is None:
-        from ..demo import get_demo_model
-
-        model = get_demo_model(cache_dir)
-    if plan is None and not any(iter_split_layers(model)):
-        plan = _default_plan(model)
-    split = Disentangle(model, plan).model  # applies and validates the plan
-    plan = plan_of(split)
-    if images is None:
-        if labels is not None:
-            raise InvalidTargetError("labels were given without images; pass both or neither")
-        data = load_digits("test")
-        images, labels = data.images, data.labels
-    if labels is None:
-        raise InvalidTargetError(
-            "Captum Insights needs a label for every image (it skips unlabelled samples and then "
-            "loops forever waiting for four); pass labels="
-        )
-    labels = torch.as_tensor(labels)
-    if labels.dim() != 1 or len(labels) != len(images) or labels.is_floating_point():
-        raise InvalidTargetError(
-            f"labels must be an integer tensor of shape ({len(images)},), got dtype "
-            f"{labels.dtype} and shape {tuple(labels.shape)}"
-        )
-    check_int(batch_size, "batch_size", low=1)
-    classes = list(DIGIT_CLASSES if classes is None else classes)
-    with torch.no_grad():
-        n_out = int(split(images[:1]).reshape(1, -1).shape[1])
-    if n_out < 2:
-        raise InvalidTargetError(
-            f"the model has {n_out} output; Insights needs one score per class (>= 2)"
-        )
-    if len(classes) < n_out:
-        raise InvalidTargetError(
-            f"{len(classes)} class names for {n_out} model outputs; give one name per output"
-        )
-    bad = labels[(labels < 0) | (labels >= len(classes))]
-    if bad.numel():
-        raise InvalidTargetError(
-            f"label {int(bad[0])} is out of range for {len(classes)} classes (0..{len(classes) - 1})"
-        )
-    feature = _feature_class()("Digit", baseline_transforms=[_zero_baseline], input_transforms=[])
-    registration = register(split, name=method_name, relevance=relevance)
-    try:
-        visualizer = _bounded_visualizer_class()(
-            models=[split],
-            classes=classes,
-            features=[feature],
-            dataset=_cycle_batches(images, labels, int(batch_size)),
-            score_func=_softmax,
-        )
-        # one pass over the data, then give up: a filter that matches nothing must not hang
-        visualizer.max_batches = -(-len(labels) // int(batch_size)) + 1
-    except BaseException:
-        registration.remove()
-        raise
-    return InsightsApp(visualizer, split, plan, registration)
+    return build_visualizer(
+        model, plan, data=data, images=images, labels=labels, indices=indices, classes=classes,
+        batch_size=batch_size, seed=seed, input_transforms=input_transforms,
+        feature_name=feature_name, relevance=relevance, method_name=method_name,
+        cache_dir=cache_dir,
+    )  # fmt: skip
 
 
 def serve(

@@ -2,15 +2,25 @@
 
 Private module of :mod:`neuronsplit.insights`, which re-exports :class:`InsightsApp`. Holds the
 handle returned to the user, an ``AttributionVisualizer`` whose ``visualize()`` is bounded to
-one pass over the data (Captum's loops forever when a UI filter matches nothing), the endless
-batch cycle, and the default score, baseline and demo plan. Functions that touch Captum
-Insights import it lazily; callers check it is installed first.
+one pass over the data (Captum's loops forever when a UI filter matches nothing) and shows
+each distinct warning once, the repeated fixed batch, and the default score, baseline and demo
+plan. Functions that touch Captum Insights import it lazily; callers check it is installed
+first.
+
+Why the warnings need help: Captum warns on every attribution call (e.g. "It looks like that
+the attribution for a gradient-based method is computed in a `torch.no_grad` block", raised
+because Insights' per-sample inputs do not require grad), and Python's once-per-location rule
+does not hold it back, because every ``warnings.catch_warnings`` block (matplotlib's figure
+code, ours) resets the per-module registries. :class:`WarningsOnce` keeps its own record.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +31,7 @@ from ..errors import PlanError
 from ..plan import SplitPlan
 from ._register import InsightsRegistration
 
-__all__ = ["InsightsApp"]
+__all__ = ["InsightsApp", "WarningsOnce"]
 
 
 def _softmax(outputs: Tensor) -> Tensor:
@@ -32,15 +42,48 @@ def _zero_baseline(x: Tensor) -> Tensor:
     return torch.zeros_like(x)
 
 
-def _cycle_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[Any]:
+def _repeat_batch(images: Tensor, labels: Tensor) -> Iterator[Any]:
     from captum.insights import Batch
 
-    batches = [
-        Batch(inputs=images[i : i + batch_size], labels=labels[i : i + batch_size])
-        for i in range(0, len(labels), batch_size)
-    ]
-    # endless: each "Fetch" in the UI shows new samples instead of Insights' stale cache
-    return itertools.cycle(batches)
+    # the same images on every "Fetch": one image compared across methods and subunits
+    return itertools.repeat(Batch(inputs=images, labels=labels))
+
+
+class WarningsOnce:
+    """Context manager factory: each distinct warning raised inside is shown once per instance.
+
+    Warnings are recorded inside the block and re-issued (through the caller's filters, so
+    ``ignore`` filters and pytest's capture still apply) only the first time their category
+    and text are seen. ``warnings.catch_warnings`` changes process-wide state; the visualizer
+    serialises its requests with a lock, so blocks do not overlap.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> once = WarningsOnce()
+    >>> with warnings.catch_warnings(record=True) as shown:
+    ...     warnings.simplefilter("always")
+    ...     for _ in range(3):
+    ...         with once():
+    ...             warnings.warn("slow path")
+    >>> [str(w.message) for w in shown]
+    ['slow path']
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[type, str]] = set()
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            key = (w.category, str(w.message))
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 @dataclass
@@ -57,12 +100,20 @@ class InsightsApp:
         Its plan.
     registration : InsightsRegistration
         The Disentangle method; :meth:`close` removes it.
+    images, labels : Tensor
+        The fixed batch shown on every Fetch, ``(N, C, H, W)`` and ``(N,)``, before the
+        feature's input transforms (e.g. without the normalisation).
+    indices : tuple of int
+        Where these images are in the data.
     """
 
     visualizer: Any
     model: nn.Module
     plan: SplitPlan
     registration: InsightsRegistration
+    images: Tensor | None = None
+    labels: Tensor | None = None
+    indices: tuple[int, ...] = ()
 
     @property
     def method_name(self) -> str:
@@ -95,19 +146,31 @@ def _bounded_visualizer_class() -> type:
         Captum's loops until it has four examples that pass the UI filters; with a filter no
         example matches (e.g. "correct" when every prediction is wrong, or a class that is
         never predicted) it never returns and the request hangs. This one returns what it
-        found, possibly nothing.
+        found, possibly nothing. Requests run one at a time, and each distinct warning of
+        the attribution code is shown once (:class:`WarningsOnce`).
         """
 
         max_batches: int = 1000
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.warnings_once = WarningsOnce()
+            self._request_lock = threading.Lock()
+
         @log_usage()
         def visualize(self) -> list[Any]:
-            self._outputs = []
-            for _ in range(max(1, int(self.max_batches))):
-                if len(self._outputs) >= self._config.num_examples:
-                    break
-                self._outputs.extend(self._get_outputs())
-            return [o[0] for o in self._outputs]
+            with self._request_lock, self.warnings_once():
+                self._outputs = []
+                for _ in range(max(1, int(self.max_batches))):
+                    if len(self._outputs) >= self._config.num_examples:
+                        break
+                    self._outputs.extend(self._get_outputs())
+                return [o[0] for o in self._outputs]
+
+        def _calculate_attribution_from_cache(self, *args: Any, **kwargs: Any) -> Any:
+            # the /attribute request (another class of one shown image)
+            with self._request_lock, self.warnings_once():
+                return super()._calculate_attribution_from_cache(*args, **kwargs)
 
     return BoundedAttributionVisualizer
 

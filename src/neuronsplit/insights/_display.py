@@ -80,13 +80,11 @@ def _make_feature_class() -> type:
                 data = self.visualization_transform(data)
             image, attr = _to_hwc(data), _to_hwc(attribution)
             image = image.clip(0.0, 1.0) if image.max() <= 1.0 else image / 255.0
+            # one way to draw the image whatever the map: the same picture under every method
+            orig_fig = _plain_figure(image)
             if not (attr != 0).any() or not torch.isfinite(torch.from_numpy(attr)).all():
-                orig_fig = _plain_figure(image)
                 attr_fig = _plain_figure(attr[..., 0] * 0.0, title="no relevance")
             else:
-                orig_fig, _ = viz.visualize_image_attr(
-                    attr, image, method="original_image", use_pyplot=False
-                )
                 attr_fig, _ = viz.visualize_image_attr(
                     attr, image, method="heat_map", sign="absolute_value", use_pyplot=False
                 )
