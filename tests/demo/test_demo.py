@@ -1,31 +1,18 @@
-"""The embedded demo end to end: `neuronsplit demo` and its summary.json."""
+"""The embedded demo end to end: `neuronsplit demo` and its summary.json (the run is the
+``demo_run`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from neuronsplit.cli import main
 from neuronsplit.plan import SplitPlan
 
 #: the issue's target for the demo ViT (ELUDe, issue 10)
 TARGET = {"purity_gain": 0.10, "split_fraction": 0.333}
 VIT_LAYERS = [f"blocks.{i}.mlp.{fc}" for i in range(4) for fc in ("fc1", "fc2")]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
-    """One ``neuronsplit demo`` run (both pipelines, about 30-60 s) shared by every test."""
-    out = tmp_path_factory.mktemp("demo")
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        code = main(["demo", "--out", str(out), "--quiet"])
-    assert code == 0
-    return json.loads((out / "summary.json").read_text()), buffer.getvalue(), out
 
 
 def test_demo_summary_schema_and_equivalence(demo_run: tuple[dict, str, Path]) -> None:

@@ -25,6 +25,7 @@ from ..methods.hesse import PolysemanticUnit, find_polysemantic, plan_split
 from ..nn import apply_plan, explicit_rows, verify_equivalence
 from ..plan import SplitPlan
 from ..stats import ScanResult, scan
+from ._threads import demo_threads
 from .data import digits_loader, load_digits
 from .model import DEMO_LAYER, get_demo_model
 from .vit_pipeline import cnn_vs_discover, run_vit_demo
@@ -85,7 +86,7 @@ def run_demo(
     tau, p, gamma : float
         Detection parameters (Hesse et al.'s defaults).
     progress : bool
-        Show progress bars.
+        Show progress bars (training a model the cache lacks, scans, discover).
     unsupervised : bool, default True
         Also run ELUDe's ``discover``: on the demo ViT (:func:`~.vit_pipeline.run_vit_demo`,
         ``summary["vit"]``, ``DIR/plan_vit.json``) and on the CNN units Hesse's plan split
@@ -95,16 +96,37 @@ def run_demo(
     -------
     dict
         The summary that was written.
+
+    Notes
+    -----
+    Runs on one torch thread and one BLAS/OpenMP thread (the caller's settings are restored
+    afterwards): the demo models are too small to gain from more, and on a machine whose
+    cores are busy with other work more threads made the demo several times slower
+    (``benchmarks/demo_time.py`` measures it). It also makes the printed figures independent
+    of the machine's core count.
     """
     check_int(top, "top (units to split)", low=1)
     check_bool(unsupervised, "unsupervised")
     check_number(tau, "tau", low=0.0, high=1.0, low_open=True)
     check_number(p, "p", low=0.0, high=1.0, low_open=True)
     check_number(gamma, "gamma", low=-1.0, high=1.0)
+    check_bool(progress, "progress")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = get_demo_model(cache_dir)
+    with demo_threads():
+        summary = _run_demo(out, cache_dir, top, tau, p, gamma, progress, unsupervised)
+    summary["seconds"] = time.perf_counter() - start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "plan.json").write_text(json.dumps(summary["plan"]))  # plan.to_json()
+    return summary
+
+
+def _run_demo(
+    out: Path, cache_dir: str | os.PathLike | None, top: int, tau: float, p: float,
+    gamma: float, progress: bool, unsupervised: bool,
+) -> dict[str, Any]:  # fmt: skip
+    model = get_demo_model(cache_dir, progress=progress)
     test = load_digits("test")
     with torch.no_grad():
         accuracy = float((model(test.images).argmax(1) == test.labels).float().mean())
@@ -165,9 +187,6 @@ def run_demo(
     if unsupervised:
         summary["cnn_vs_discover"] = cnn_vs_discover(model, plan, DEMO_LAYER, progress=progress)
         summary["vit"] = run_vit_demo(out, cache_dir=cache_dir, progress=progress)
-    summary["seconds"] = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "plan.json").write_text(plan.to_json())
     return summary
 
 

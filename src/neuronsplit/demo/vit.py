@@ -21,6 +21,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.nn import functional as F
 
 from .._checks import check_bool, check_int, check_number
+from .._progress import progress_bar
+from ._threads import demo_threads
 from .data import load_digits
 from .model import TrainResult, cached_weights, default_cache_dir
 
@@ -40,9 +42,6 @@ VIT_CONFIG: dict[str, object] = {
     "global_pool": "token",
 }
 _CACHE_NAME = "demo_digits_vit_v1.safetensors"
-#: one thread: the model is too small to gain from more, and on a busy 2-core machine two
-#: threads made a training step 10-20x slower (spinning threads waiting for each other)
-_TRAIN_THREADS = 1
 
 
 class DigitsViT(VisionTransformer):
@@ -69,12 +68,15 @@ def train_demo_vit(
     weight_decay: float = 0.05,
     seed: int = 0,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> TrainResult:
     """Train :class:`DigitsViT` on the digits training split (about 10-25 s on one core).
 
     AdamW with a one-cycle learning-rate schedule (20 % warm-up) and gradient clipping at norm
-    1. Training runs on one torch thread (the previous thread count is restored afterwards), so
-    the result depends only on the arguments, not on the machine's core count or load.
+    1. Training runs on one torch thread (:func:`~neuronsplit.demo._threads.demo_threads`: on
+    a busy 2-core machine two threads made a step 10-20x slower; the previous thread count is
+    restored afterwards), so the result depends only on the arguments, not on the machine's
+    core count or load.
 
     Parameters
     ----------
@@ -85,6 +87,8 @@ def train_demo_vit(
         Peak learning rate, AdamW weight decay and batch size.
     seed : int
         Seeds initialisation and shuffling: the same seed gives bitwise the same weights.
+    progress : bool, default False
+        Show a progress bar over the epochs.
 
     Returns
     -------
@@ -107,10 +111,9 @@ def train_demo_vit(
     weight_decay = check_number(weight_decay, "weight_decay", low=0.0)
     seed = check_int(seed, "seed")
     batch_size = check_int(batch_size, "batch_size", low=1)
+    check_bool(progress, "progress")
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(_TRAIN_THREADS)
-    try:
+    with demo_threads():
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # the caller's global generator is untouched
             torch.manual_seed(seed)
@@ -123,7 +126,10 @@ def train_demo_vit(
             opt, max_lr=lr, total_steps=steps, pct_start=0.2
         )
         model.train()
-        for _ in range(epochs):
+        epoch_bar = progress_bar(
+            range(epochs), desc="training the demo ViT", unit="epoch", enabled=progress
+        )
+        for _ in epoch_bar:
             order = torch.randperm(n, generator=generator)
             for i in range(0, n, batch_size):
                 idx = order[i : i + batch_size]
@@ -136,12 +142,12 @@ def train_demo_vit(
         model.eval()
         with torch.no_grad():
             acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
-    finally:
-        torch.set_num_threads(threads)
     return TrainResult(model, acc, time.perf_counter() - start)  # type: ignore[arg-type]
 
 
-def get_demo_vit(cache_dir: str | os.PathLike | None = None, *, retrain: bool = False) -> DigitsViT:
+def get_demo_vit(
+    cache_dir: str | os.PathLike | None = None, *, retrain: bool = False, progress: bool = False
+) -> DigitsViT:
     """Return the trained demo ViT, training and caching it on first use.
 
     Parameters
@@ -151,6 +157,8 @@ def get_demo_vit(cache_dir: str | os.PathLike | None = None, *, retrain: bool = 
         ``$NEURONSPLIT_CACHE`` or ``~/.cache/neuronsplit``), as ``demo_digits_vit_v1.safetensors``.
     retrain : bool
         Ignore the cache and train again (the cache is overwritten).
+    progress : bool, default False
+        Show a progress bar while training (nothing is shown when the cache is read).
 
     Returns
     -------
@@ -164,5 +172,8 @@ def get_demo_vit(cache_dir: str | os.PathLike | None = None, *, retrain: bool = 
     >>> vit = get_demo_vit()  # doctest: +SKIP
     """
     check_bool(retrain, "retrain")
+    check_bool(progress, "progress")
     path = Path(cache_dir or default_cache_dir()) / _CACHE_NAME
-    return cached_weights(DigitsViT(), path, lambda: train_demo_vit().model, retrain=retrain)
+    return cached_weights(
+        DigitsViT(), path, lambda: train_demo_vit(progress=progress).model, retrain=retrain
+    )

@@ -27,6 +27,7 @@ from ..evaluation import PurityReport, top_k_purity
 from ..methods.elude import DEFAULT_TOP_N, discover
 from ..nn import apply_plan, verify_equivalence
 from ..plan import SplitPlan
+from ._threads import demo_threads
 from .data import DigitsData, digits_loader, load_digits
 
 __all__ = ["run_vit_demo", "cnn_vs_discover", "vit_demo_layers", "TARGET"]
@@ -140,7 +141,7 @@ def run_vit_demo(
     k : int, default 20
         Images per top set of the purity evaluation.
     progress : bool
-        Show progress bars.
+        Show progress bars (training the ViT if the cache lacks it, discover).
 
     Returns
     -------
@@ -150,14 +151,22 @@ def run_vit_demo(
         random control included), ``by_type`` (``fc1`` / ``fc2``), ``equivalence``,
         ``target`` and ``met``.
     """
-    from .vit import get_demo_vit  # needs timm
-
     check_int(max_concepts, "max_concepts", low=2)
     check_int(top_n, "top_n", low=2)
     check_number(min_silhouette, "min_silhouette", low=-1, high=1)
     check_int(k, "k", low=1)
     check_bool(progress, "progress")
-    vit = get_demo_vit(cache_dir)
+    with demo_threads():  # one thread, as run_demo (see its notes)
+        return _run_vit_demo(out, cache_dir, max_concepts, top_n, min_silhouette, k, progress)
+
+
+def _run_vit_demo(
+    out: str | os.PathLike | None, cache_dir: str | os.PathLike | None, max_concepts: int,
+    top_n: int, min_silhouette: float, k: int, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    from .vit import get_demo_vit  # needs timm
+
+    vit = get_demo_vit(cache_dir, progress=progress)
     test = load_digits("test")
     with torch.no_grad():
         accuracy = float((vit(test.images).argmax(1) == test.labels).float().mean())
