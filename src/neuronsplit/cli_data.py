@@ -19,7 +19,14 @@ from ._checks import int_in
 from .cli_models import DEMO_IMAGE_SIZE
 from .errors import InvalidArgumentError, MissingFileError, NeuronSplitError
 
-__all__ = ["DIGITS", "add_data_arguments", "build_loader", "data_option", "limit_batches"]
+__all__ = [
+    "DIGITS",
+    "add_data_arguments",
+    "build_loader",
+    "data_option",
+    "limit_batches",
+    "model_and_data",
+]
 
 #: the ``--data`` value of the bundled digits
 DIGITS = "digits"
@@ -165,3 +172,36 @@ def build_loader(
             "(.png, .jpg, ...) in one sub-folder per class"
         ) from err
     return loader, list(loader.dataset.classes)
+
+
+def model_and_data(args: argparse.Namespace) -> tuple[Any, bool, Any, list[str]]:
+    """The model and the data a sub-command's options name, built in that order.
+
+    ``args`` carries the options of :func:`~neuronsplit.cli_models.add_model_arguments` and
+    :func:`add_data_arguments` (``model``, ``weights``, ``num_classes``, ``cache``,
+    ``image_size``, ``data``, ``batch_size``).
+
+    Returns
+    -------
+    tuple of (nn.Module, bool, DataLoader, list of str)
+        The model in eval mode, whether it is a demo model, the batches and the class names.
+
+    Examples
+    --------
+    >>> args = argparse.Namespace(model="demo-cnn", weights=None, num_classes=None, cache=None,
+    ...                           image_size=None, data="digits", batch_size=4)
+    >>> model, is_demo, loader, classes = model_and_data(args)  # doctest: +SKIP
+    >>> is_demo, len(classes)  # doctest: +SKIP
+    (True, 10)
+    """
+    from .cli_models import build_model
+
+    model, is_demo = build_model(
+        args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache,
+        image_size=args.image_size,
+    )  # fmt: skip
+    loader, classes = build_loader(
+        args.data, model, is_demo, batch_size=args.batch_size, image_size=args.image_size,
+        model_name=args.model,
+    )  # fmt: skip
+    return model, is_demo, loader, classes

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import int_in, number_in
-from .cli_data import build_loader, data_option
-from .cli_models import add_model_arguments, build_model, model_options, run_command
+from .cli_data import data_option, model_and_data
+from .cli_models import add_model_arguments, model_options, run_command
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -169,14 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InvalidArgumentError(f"--out {str(out)!r} is a file; give a directory")
-    model, is_demo = build_model(
-        args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache,
-        image_size=args.image_size,
-    )  # fmt: skip
-    loader, _ = build_loader(
-        args.data, model, is_demo, batch_size=args.batch_size, image_size=args.image_size,
-        model_name=args.model,
-    )  # fmt: skip
+    model, _, loader, _ = model_and_data(args)
     plan = discover_plan(args, model, loader)
     command = saved_command(args)
     save(apply_plan(model, plan), out, meta={**plan.meta, "discover_command": command})

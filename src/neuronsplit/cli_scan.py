@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import int_in, number_in
-from .cli_data import add_data_arguments, build_loader, data_option
-from .cli_models import add_model_arguments, build_model, model_options, run_command
+from .cli_data import add_data_arguments, data_option, model_and_data
+from .cli_models import add_model_arguments, model_options, run_command
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -257,14 +257,7 @@ def _scan(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             f"--out {args.out!r} is a folder; give a file name such as scan.safetensors"
         )
-    model, is_demo = build_model(
-        args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache,
-        image_size=args.image_size,
-    )  # fmt: skip
-    loader, classes = build_loader(
-        args.data, model, is_demo, batch_size=args.batch_size, image_size=args.image_size,
-        model_name=args.model,
-    )  # fmt: skip
+    model, _, loader, classes = model_and_data(args)
     relevance = relevance_backend(args.relevance, model)
     result = scan(
         model, loader, args.layers, relevance=relevance, target=args.target,

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import int_in, number_in
-from .cli_data import add_data_arguments, build_loader, limit_batches
+from .cli_data import add_data_arguments, limit_batches, model_and_data
 from .cli_discover import add_discover_options, discover_plan, discover_summary, saved_command
-from .cli_models import CHECK_FAILED, add_model_arguments, build_model, run_command
+from .cli_models import CHECK_FAILED, add_model_arguments, run_command
 from .cli_scan import add_detection_options, find_units
 from .errors import CorruptFileError, InvalidArgumentError, MissingFileError
 
@@ -187,14 +187,7 @@ def _split(args: argparse.Namespace) -> int:
             )
         result = ScanResult.load(args.scan)
         _fill(args, result.meta.get("command", {}), f"scan file {args.scan!r}")
-    model, is_demo = build_model(
-        args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache,
-        image_size=args.image_size,
-    )  # fmt: skip
-    loader, classes = build_loader(
-        args.data, model, is_demo, batch_size=args.batch_size, image_size=args.image_size,
-        model_name=args.model,
-    )  # fmt: skip
+    model, _, loader, classes = model_and_data(args)
     if result is None:
         plan = discover_plan(args, model, loader)
         lines = discover_summary(plan)
@@ -275,15 +268,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     split_dir = Path(args.split)
     _fill(args, _saved_meta(split_dir), f"--split {args.split!r}")
-    model, is_demo = build_model(
-        args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache,
-        image_size=args.image_size,
-    )  # fmt: skip
+    model, _, loader, _ = model_and_data(args)
     split = load(split_dir, model)
-    loader, _ = build_loader(
-        args.data, model, is_demo, batch_size=args.batch_size, image_size=args.image_size,
-        model_name=args.model,
-    )  # fmt: skip
     batches = _first_batches(loader, args.verify_batches)
     report = verify_equivalence(model, split, batches)
     sys.stdout.write(f"{report}\n")
