@@ -114,7 +114,10 @@ def test_discover_timm_vit_from_name_and_local_weights(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model": "no_such_model_xyz"}, "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm or torchvision"),
+        (
+            {"model": "no_such_model_xyz"},
+            "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm or torchvision",
+        ),
         ({"model": "weights.safetensors"}, "is a file; --model takes the architecture"),
         ({"weights": "w.safetensors"}, "apply to timm / torchvision models, not to 'demo-vit'"),
         ({"image_size": 16}, "takes 8x8 images"),

@@ -80,7 +80,10 @@ def test_steer_command_saves_the_steered_split(
         ({"scales": "unknown"}, "unit 1 is not split"),
         ({"out": "same"}, "is the --split directory"),
         ({"split": "nothing"}, "does not exist"),
-        ({"model": "no_such_model_xyz"}, "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm or torchvision"),
+        (
+            {"model": "no_such_model_xyz"},
+            "neither 'demo' nor 'demo-cnn' nor 'demo-vit' nor a timm or torchvision",
+        ),
         ({"model": "demo-vit"}, "parameter shapes differ"),  # split of another architecture
     ],
 )

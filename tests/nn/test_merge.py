@@ -273,7 +273,10 @@ def test_non_finite_alpha_raises_value_error(alpha: float) -> None:
         with mg.scaled({(1, 1): alpha}):
             pytest.fail("entered a context with a non-finite scale")
     assert not mg.steered and torch.equal(_run(layer, x), y0)
-    with pytest.raises(TypeError, match=r"must be a number, got str 'big'"), mg.scaled({(1, 1): "big"}):
+    with (
+        pytest.raises(TypeError, match=r"must be a number, got str 'big'"),
+        mg.scaled({(1, 1): "big"}),
+    ):
         pass
 
 
