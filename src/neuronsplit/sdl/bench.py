@@ -1,0 +1,278 @@
+"""The Linear Representation Bench (LRB) of Tang et al. (arXiv 2512.05534, App. C) and its metrics.
+
+Ground-truth (GT) features are the unit columns of ``W_p`` (``n_p x n``), pushed apart by
+projected gradient descent (PGD) until no two have an inner product above the maximum
+interference ``M``; a sample is ``x_p = W_p x`` with ``x_d = m_d * (c_min + Exp(beta))`` and
+``m_d ~ Bernoulli(1 - S)``. A second dictionary ``W_r`` (same recipe, same coefficients) is
+the target of a transcoder. Everything is drawn from seeded ``torch.Generator`` s, so a bench is
+a function of its settings and seed.
+
+:func:`dictionary_recovery` scores a learned dictionary: ``s_i`` is the largest absolute cosine
+between GT feature ``i`` and any learned row; **GT recovery** is the share of ``s_i > tau``
+(``tau = 0.95``), **max inner product** their mean. Anchored GT features are left out.
+
+Examples
+--------
+>>> bench = make_bench(n=40, n_p=32, sparsity=0.9, max_interference=0.4, seed=0)
+>>> bench.interference() <= 0.4
+True
+>>> x, x_p = bench.sample(5)
+>>> x.shape, x_p.shape
+(torch.Size([5, 40]), torch.Size([5, 32]))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .._checks import check_bool, check_int, check_number
+from ..errors import InvalidArgumentError
+
+__all__ = [
+    "LinearRepresentationBench",
+    "Recovery",
+    "make_bench",
+    "pgd_dictionary",
+    "welch_bound",
+    "dictionary_recovery",
+]
+
+
+def welch_bound(n: int, n_p: int) -> float:
+    """The least possible maximum |inner product| of ``n`` unit vectors in ``n_p`` dimensions.
+
+    ``sqrt((n - n_p) / (n_p (n - 1)))`` when ``n > n_p``, else 0 (orthonormal columns fit).
+
+    Examples
+    --------
+    >>> round(welch_bound(1000, 768), 4)
+    0.0174
+    """
+    n = check_int(n, "n", low=1)
+    n_p = check_int(n_p, "n_p", low=1)
+    return math.sqrt((n - n_p) / (n_p * (n - 1))) if n > n_p else 0.0
+
+
+def pgd_dictionary(
+    n: int, n_p: int, max_interference: float, *, generator: torch.Generator,
+    eps: float = 1e-3, lam: float = 1e-3, eta: float = 0.05, max_iter: int = 2000,
+) -> Tensor:  # fmt: skip
+    """Unit columns ``(n_p, n)`` (float64) with every pairwise inner product ``<= M``.
+
+    Gradient steps on ``sum_{i != j} relu(<w_i, w_j> - (M - eps))^2 + lam relu(<w_i, w_j>)^2``
+    (only positive overlaps are penalised), each followed by renormalising the columns; stops as
+    soon as the bound holds (App. C.1). Raises :class:`~neuronsplit.errors.InvalidArgumentError`
+    when ``M`` is below the Welch bound (no such dictionary exists) or the bound is not reached
+    in ``max_iter`` steps.
+
+    Examples
+    --------
+    >>> w = pgd_dictionary(20, 16, 0.3, generator=torch.Generator().manual_seed(0))
+    >>> g = w.T @ w
+    >>> bool((g - torch.eye(20, dtype=g.dtype)).max() <= 0.3), w.shape
+    (True, torch.Size([16, 20]))
+    """
+    m = check_number(max_interference, "max_interference", low=-1, high=1)
+    bound = welch_bound(n, n_p)
+    if m < bound:
+        raise InvalidArgumentError(
+            f"max_interference={m:g} is below the Welch bound {bound:.4f} for n={n} features "
+            f"in n_p={n_p} dimensions: no dictionary has so little overlap; raise "
+            f"max_interference to at least {bound:.4f} or lower n / raise n_p"
+        )
+    check_int(max_iter, "max_iter", low=1)
+    w = F.normalize(torch.randn(n_p, n, generator=generator, dtype=torch.float64), dim=0)
+    eye = torch.eye(n, dtype=torch.bool)
+    for _ in range(max_iter):
+        g = (w.T @ w).masked_fill_(eye, 0.0)
+        if float(g.max()) <= m or n == 1:
+            return w
+        d = 2 * (g - (m - eps)).clamp_min(0) + 2 * lam * g.clamp_min(0)
+        w = F.normalize(w - eta * 2 * (w @ d), dim=0)
+    reached = float((w.T @ w).masked_fill_(eye, 0.0).max())
+    if reached <= m:
+        return w
+    raise InvalidArgumentError(
+        f"PGD reached a max interference of {reached:.4f} after max_iter={max_iter} steps, "
+        f"above max_interference={m:g} (Welch bound {bound:.4f}); raise max_interference or "
+        "max_iter"
+    )
+
+
+@dataclass(frozen=True)
+class LinearRepresentationBench:
+    """A generated LRB: the GT dictionaries and a seeded sampler of sparse coefficients.
+
+    Attributes
+    ----------
+    w_p, w_r : Tensor
+        ``(n_p, n)`` and ``(n_r, n)`` float64 unit-column GT dictionaries (``w_r`` is the
+        transcoder's target map, an independent PGD dictionary with the same ``M``).
+    sparsity : float
+        ``S``: the probability that a feature is inactive.
+    c_min, beta : float
+        Magnitudes are ``c_min + Exp(beta)`` (``beta`` the scale).
+    seed : int
+        The seed of the dictionaries; samples come from ``seed + 1`` unless a generator is given.
+    """
+
+    w_p: Tensor
+    w_r: Tensor
+    sparsity: float
+    c_min: float
+    beta: float
+    seed: int
+
+    @property
+    def n(self) -> int:
+        """Number of GT features."""
+        return int(self.w_p.shape[1])
+
+    def interference(self, which: str = "p") -> float:
+        """The largest inner product between two different GT columns of ``w_p`` / ``w_r``."""
+        w = self.w_p if which == "p" else self.w_r
+        g = w.T @ w
+        return float(g.masked_fill(torch.eye(self.n, dtype=torch.bool), -math.inf).max())
+
+    def generator(self) -> torch.Generator:
+        """A fresh generator for this bench's sample stream (seeded ``seed + 1``)."""
+        return torch.Generator().manual_seed(self.seed + 1)
+
+    def sample(
+        self, count: int, *, generator: torch.Generator | None = None, target: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[Tensor, ...]:  # fmt: skip
+        """``(x, x_p)`` (and ``x_r`` when ``target``) for ``count`` samples.
+
+        ``x`` is ``(count, n)``; ``x_p = x W_p^T``, ``x_r = x W_r^T``. Without ``generator`` the
+        stream restarts at the bench's own seed, so two calls give the same samples.
+        """
+        count = check_int(count, "count", low=1)
+        check_bool(target, "target")
+        gen = self.generator() if generator is None else generator
+        mask = torch.rand(count, self.n, generator=gen, dtype=torch.float64) < 1 - self.sparsity
+        mag = torch.empty(count, self.n, dtype=torch.float64).exponential_(
+            1 / self.beta, generator=gen
+        )  # fmt: skip
+        x = mask * (self.c_min + mag)
+        out = (x.to(dtype), (x @ self.w_p.T).to(dtype))
+        return out + ((x @ self.w_r.T).to(dtype),) if target else out
+
+
+def make_bench(
+    n: int = 1000, n_p: int = 768, sparsity: float = 0.99, max_interference: float = 0.1, *,
+    n_r: int | None = None, c_min: float = 0.0, beta: float = 1.0, seed: int = 0,
+    max_iter: int = 2000,
+) -> LinearRepresentationBench:  # fmt: skip
+    """Generate the LRB (defaults: the paper's n = 1000, n_p = 768, S = 0.99, M = 0.1).
+
+    Parameters
+    ----------
+    n, n_p : int
+        GT features and representation dimension.
+    sparsity : float
+        ``S`` in ``[0, 1)``: the probability that a feature is inactive (``1 - S`` active).
+    max_interference : float
+        ``M``: the largest allowed inner product between two GT columns; at least the Welch
+        bound :func:`welch_bound` ``(n, n_p)``.
+    n_r : int, optional
+        Transcoder target dimension (default ``n_p``).
+    c_min, beta : float
+        Shifted-exponential magnitudes ``c_min + Exp(beta)`` (defaults 0 and 1, not given by
+        the paper).
+    seed : int
+        Seeds ``W_p`` (``seed``), ``W_r`` (``seed + 10_000``) and the sample stream
+        (``seed + 1``).
+    max_iter : int
+        PGD step cap.
+
+    Returns
+    -------
+    LinearRepresentationBench
+    """
+    n = check_int(n, "n", low=2)
+    n_p = check_int(n_p, "n_p", low=1)
+    n_r = n_p if n_r is None else check_int(n_r, "n_r", low=1)
+    s = check_number(sparsity, "sparsity", low=0, high=1, high_open=True)
+    check_number(c_min, "c_min", low=0)
+    check_number(beta, "beta", low=0, low_open=True)
+    seed = check_int(seed, "seed", low=0)
+    w_p = pgd_dictionary(
+        n, n_p, max_interference, generator=torch.Generator().manual_seed(seed), max_iter=max_iter
+    )  # fmt: skip
+    w_r = pgd_dictionary(
+        n, n_r, max_interference, generator=torch.Generator().manual_seed(seed + 10_000),
+        max_iter=max_iter,
+    )  # fmt: skip
+    return LinearRepresentationBench(w_p, w_r, s, float(c_min), float(beta), seed)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """GT recovery and max inner product of a learned dictionary.
+
+    Attributes
+    ----------
+    gt_recovery : float
+        Share of scored GT features whose best match exceeds ``tau``.
+    max_inner_product : float
+        Mean best match.
+    best_match : Tensor
+        ``s_i`` per scored GT feature (float64).
+    tau : float
+        The threshold.
+    """
+
+    gt_recovery: float
+    max_inner_product: float
+    best_match: Tensor
+    tau: float
+
+
+def dictionary_recovery(
+    learned: Tensor, truth: Tensor, *, tau: float = 0.95, exclude: Tensor | None = None
+) -> Recovery:
+    """Score learned directions against GT columns (absolute cosines, rows normalised).
+
+    Parameters
+    ----------
+    learned : Tensor
+        ``(n_q, n_p)``: one learned direction per row (encoder rows ``W_E``, or decoder columns
+        transposed).
+    truth : Tensor
+        ``(n_p, n)``: GT features as columns.
+    tau : float, default 0.95
+        Recovery threshold on ``s_i``.
+    exclude : Tensor, optional
+        GT feature indices (e.g. the anchored ones) left out of both metrics.
+
+    Examples
+    --------
+    >>> truth = torch.eye(3, dtype=torch.float64)
+    >>> learned = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.6, 0.8]], dtype=torch.float64)
+    >>> r = dictionary_recovery(learned, truth, tau=0.7)
+    >>> r.best_match.tolist(), r.gt_recovery
+    ([1.0, 0.6, 0.8], 0.6666666666666666)
+    >>> dictionary_recovery(learned, truth, exclude=torch.tensor([0])).max_inner_product
+    0.7
+    """
+    tau = check_number(tau, "tau", low=0, high=1)
+    if learned.dim() != 2 or truth.dim() != 2 or learned.shape[1] != truth.shape[0]:
+        raise InvalidArgumentError(
+            f"learned must be (n_q, d) and truth (d, n) with the same d; got "
+            f"{tuple(learned.shape)} and {tuple(truth.shape)}"
+        )
+    keep = torch.ones(truth.shape[1], dtype=torch.bool)
+    if exclude is not None:
+        keep[exclude.long().cpu()] = False
+    if not bool(keep.any()):
+        raise InvalidArgumentError("exclude leaves no GT feature to score")
+    rows = F.normalize(learned.detach().double().cpu(), dim=1)
+    cols = F.normalize(truth.detach().double().cpu()[:, keep], dim=0)
+    s = (rows @ cols).abs().amax(dim=0)
+    return Recovery(float((s > tau).double().mean()), round(float(s.mean()), 12), s, tau)
