@@ -85,6 +85,8 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("plan rho auto", lambda w: ns.plan_split(w["unit"], w["res"]), InvalidArgumentError, "pass the training loader"),
     ("plan merge", lambda w: ns.plan_split(w["unit"], w["res"], rho=0.5, merge="sum"), ns.PlanError, "merge must be one of"),
     ("plan mode", lambda w: ns.plan_split(w["unit"], w["res"], rho=0.5, mode="abs"), InvalidArgumentError, "mode must be one of 'faithful', 'magnitude'"),
+    ("plan gamma", lambda w: ns.plan_split(w["unit"], w["res"], rho=0.5, gamma=2), InvalidArgumentError, r"gamma must be in \[-1, 1\], got 2.0"),
+    ("plan single concept", lambda w: ns.plan_split(w["unit"], w["res"], rho=0.5, gamma=-1.0), InvalidArgumentError, r"single concept .* at gamma=-1.0 \(passed to plan_split\).*pass gamma= above"),
     ("plan max_images", lambda w: ns.plan_split(w["unit"], w["res"], _loader(), model=w["model"], max_images=0), InvalidArgumentError, "max_images must be >= 1"),
     ("plan model", lambda w: ns.plan_split(w["unit"], w["res"], _loader(), model="m"), ArgumentTypeError, "model must be a torch.nn.Module"),
     # apply, verify, files
@@ -99,7 +101,7 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     # attribution
     ("disentangle model", lambda w: ns.Disentangle("m"), ArgumentTypeError, "Disentangle needs an nn.Module"),
     ("disentangle plan", lambda w: ns.Disentangle(w["model"], {"0": 1}), ArgumentTypeError, "plan must be a SplitPlan"),
-    ("selector token", lambda w: ns.subunit_selector(w["split"], ("0", 1, 1), token=0), InvalidArgumentError, "token=0 needs a token output"),
+    ("selector token", lambda w: ns.subunit_selector(w["split"], ("0", 1, 1), token=0, ndim=2), InvalidArgumentError, "token=0 needs a token output"),
     ("selector ndim", lambda w: ns.subunit_selector(w["split"], ("0", 1, 1), ndim=1), InvalidArgumentError, "ndim must be >= 2"),
     # steering
     ("steer model", lambda w: ns.steer("m", {}), ArgumentTypeError, "split_model must be a torch.nn.Module, got str"),
@@ -119,6 +121,12 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("fractions tau", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]], tau=2), InvalidArgumentError, r"tau must be in \[0, 1\]"),
     ("fractions labels", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 1, torch.rand(3, 4, dtype=DT), torch.tensor([0.0, 1, 2]), [[0], [1]]), InvalidArgumentError, "labels must be integer class indices"),
     ("fractions unit", lambda w: ns.concept_fractions(w["model"], w["split"], "0", 9, torch.rand(3, 4, dtype=DT), torch.tensor([0, 1, 2]), [[0], [1]]), InvalidArgumentError, "unit must be <= 5, got 9"),
+    ("evaluate tau", lambda w: ns.evaluate(w["model"], w["split"], _loader(), tau=-0.1), InvalidArgumentError, r"tau must be in \[0, 1\], got -0.1"),
+    ("evaluate class_share", lambda w: ns.evaluate(w["model"], w["split"], _loader(), class_share=0), InvalidArgumentError, r"class_share must be in \(0, 1\], got 0.0"),
+    ("evaluate labels", lambda w: ns.evaluate(w["model"], w["split"], _loader(), labels="yes"), ArgumentTypeError, "labels must be True or False, got str 'yes'"),
+    ("evaluate split", lambda w: ns.evaluate(w["model"], "split", _loader()), ArgumentTypeError, "split must be a torch.nn.Module, got str"),
+    ("evaluate plan", lambda w: ns.evaluate(w["model"], w["split"], _loader(), plan="plan.json"), ArgumentTypeError, "plan must be a SplitPlan or None, got str"),
+    ("evaluate nothing", lambda w: ns.evaluate(w["model"], None, _loader()), ArgumentTypeError, "needs the split model or a plan"),
     # LRP
     ("vit composite epsilon", lambda w: relevance.TimmViTComposite(epsilon=-1.0), InvalidArgumentError, r"epsilon must be in \(0, inf\), got -1.0"),
     ("vit composite gamma", lambda w: relevance.TimmViTComposite(gamma="0.25"), ArgumentTypeError, "gamma must be a number, got str '0.25'"),
@@ -133,6 +141,15 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("image folder batch", lambda w: ns.image_folder_loader("/tmp", batch_size=0), InvalidArgumentError, "batch_size must be >= 1"),
     ("demo top", lambda w: __import__("neuronsplit.demo").demo.run_demo("/tmp/x", top=0), InvalidArgumentError, "top .* must be >= 1, got 0"),
     ("demo gamma", lambda w: __import__("neuronsplit.demo").demo.run_demo("/tmp/x", gamma=3), InvalidArgumentError, r"gamma must be in \[-1, 1\]"),
+    # sparse dictionaries (ns.sdl)
+    ("lrb interference", lambda w: ns.sdl.make_bench(64, 16, 0.9, 0.1), InvalidArgumentError, r"max_interference=0.1 is below the Welch bound 0.2182"),
+    ("lrb sparsity", lambda w: ns.sdl.make_bench(8, 8, 1.0, 0.5), InvalidArgumentError, r"sparsity must be in \[0, 1\), got 1.0"),
+    ("sae k", lambda w: ns.sdl.SparseAutoencoder(4, 8, k=9), InvalidArgumentError, r"k=9 is larger than the dictionary \(n_latents=8\)"),
+    ("sae activation", lambda w: ns.sdl.SparseAutoencoder(4, 8, activation="gelu"), InvalidArgumentError, "activation must be one of 'relu'"),
+    ("lrb anchors", lambda w: ns.sdl.gt_anchors(ns.sdl.make_bench(8, 8, 0.9, 0.5), 9), InvalidArgumentError, "k=9 anchors but the bench has only n=8"),
+    ("train data", lambda w: ns.sdl.train_sae(ns.sdl.SparseAutoencoder(4, 8, k=2), "acts.npy"), ArgumentTypeError, "data must be a LinearRepresentationBench"),
+    ("train model", lambda w: ns.sdl.train_sae(w["model"], torch.ones(4, 4)), ArgumentTypeError, "model must be a SparseAutoencoder, got Sequential"),
+    ("splice reads", lambda w: ns.sdl.spliced_output_change(w["model"], "0", lambda t: t, _loader(), reads="weights"), InvalidArgumentError, "reads must be 'output' or 'input'"),
 ]  # fmt: skip
 
 
@@ -157,7 +174,14 @@ def test_argument_checks(
         (["demo", "--p", "1.5"], r"argument --p: 1.5 is not in \(0, 1\]"),
         (["demo", "--gamma", "2"], r"argument --gamma: 2.0 is not in \[-1, 1\]"),
         (["demo", "--top", "two"], "argument --top: 'two' is not an integer"),
+        (["demo", "--tau", "0.04"], "argument --tau: 0.04 is not on the demo scan's tau grid"),
+        (["detect", "--scan", "s", "--p", "1.5"], r"argument --p: 1.5 is not in \(0, 1\]"),
+        ("split --scan s --out o --top 0".split(), "argument --top: 0 is not >= 1"),
+        (["scan", "--model", "demo"], "required: --layers"),
         (["insights", "--port", "70000"], r"argument --port: 70000 is not in \[0, 65535\]"),
+        (["insights", "--images", "-1"], "argument --images: -1 is not >= 0"),
+        (["insights", "--batch-size", "0"], "argument --batch-size: 0 is not >= 1"),
+        (["insights", "--seed", "x"], "argument --seed: 'x' is not an integer"),
         (
             "steer --model demo --split s --scales a.json --out o --num-classes 0".split(),
             "argument --num-classes: 0 is not >= 1",

@@ -239,6 +239,11 @@ class Case:
     train: bool = True
 
 
+def _splice(w: World, layer: str = "fc") -> Any:
+    sae = ns.sdl.SparseAutoencoder(6, 12, k=2, seed=0)
+    return ns.sdl.spliced_output_change(w.original, layer, sae, _loader())
+
+
 CASES: dict[str, Case] = {
     # ------------------------------------------------------------------ scan
     "scan": Case(lambda w: ns.scan(w.original, _loader(), ["conv", "fc"], progress=False)),
@@ -541,6 +546,14 @@ CASES: dict[str, Case] = {
     "top_k_purity_raises_mid_forward": Case(
         lambda w: ns.top_k_purity(w.original, PLAN, _loader(), k=3), RuntimeError, True
     ),
+    "evaluate": Case(lambda w: ns.evaluate(w.original, w.split, _loader(), k=3, progress=False)),
+    "evaluate_raises_mid_forward": Case(
+        lambda w: ns.evaluate(w.original, w.split, _loader(), progress=False), RuntimeError, True
+    ),
+    "evaluate_empty_plan": Case(
+        lambda w: ns.evaluate(w.original, None, _loader(), SplitPlan([]), progress=False),
+        ValueError,
+    ),
     # ------------------------------------------------------------------ discovery (ELUDe)
     "discover": Case(
         lambda w: ns.discover(
@@ -559,6 +572,14 @@ CASES: dict[str, Case] = {
     "discover_split_layer": Case(
         lambda w: ns.discover(w.split, _loader(), ["fc"], top_n=8, progress=False), PlanError
     ),
+    # ------------------------------------------------------------------ sparse dictionaries
+    "sdl_layer_outputs": Case(lambda w: ns.sdl.layer_outputs(w.original, "fc", _loader())),
+    "sdl_layer_outputs_raises_mid_forward": Case(
+        lambda w: ns.sdl.layer_outputs(w.original, "fc", _loader()), RuntimeError, True
+    ),
+    "sdl_spliced_output_change": Case(lambda w: _splice(w)),
+    "sdl_spliced_output_change_raises_mid_forward": Case(lambda w: _splice(w), RuntimeError, True),
+    "sdl_spliced_output_change_bad_layer": Case(lambda w: _splice(w, "nope"), UnknownLayerError),
     # ------------------------------------------------------------------ steering
     # the block calls the model itself (train mode would move BatchNorm statistics: the
     # user's call, not ours), so these run in eval mode
@@ -625,6 +646,8 @@ def test_every_public_entry_point_has_a_success_and_a_failure_case() -> None:
         "index_merge_scaled", "save", "load", "disentangle", "attribute", "attribute_unit",
         "compute_convergence_delta", "subunit_selector", "subunit_layer", "concept_fractions",
         "load_timm_model", "image_folder_loader", "top_k_purity", "discover", "steer",
+        "sdl_layer_outputs", "sdl_spliced_output_change",
+        "evaluate",
     }  # fmt: skip
     for name in covered:
         mine = [c for n, c in CASES.items() if n == name or n.startswith(f"{name}_")]
@@ -672,3 +695,13 @@ def test_inputs_untouched() -> None:
     y = _x().requires_grad_(True)
     ns.Disentangle(model, relevance=_zennit()).attribute(y, target=0, subunit="conv/u2/k0")
     assert y.requires_grad and y.grad is None
+
+
+def test_the_package_ships_py_typed() -> None:
+    """PEP 561: the marker is in the package and in the package data a wheel ships."""
+    import importlib.resources
+    import tomllib
+
+    assert importlib.resources.files("neuronsplit").joinpath("py.typed").is_file()
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["neuronsplit"]

@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "discover": "methods.elude",
     "concept_fractions": "evaluation",
     "top_k_purity": "evaluation",
+    "evaluate": "evaluation",
+    "Evaluation": "evaluation",
     # plans
     "UnitSplit": "plan",
     "LayerSplit": "plan",
@@ -87,9 +89,14 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+#: subpackages reachable as attributes without an import: the sparse-dictionary yardstick
+#: (docs/sdl.md) and the matplotlib figures (docs/evaluation.md)
+_NAMESPACES = ("sdl", "plots")
 
 
 def __getattr__(name: str) -> Any:
+    if name in _NAMESPACES:  # subpackages used as namespaces: ns.sdl.train_sae, ns.plots.density
+        return importlib.import_module(f"{__name__}.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'neuronsplit' has no attribute {name!r}")
@@ -99,4 +106,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_NAMESPACES))
