@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from neuronsplit.plan import UnitSplit
+from neuronsplit.stats import LayerStats, ScanResult
 
 MODULE_HOOKS = (
     "_forward_hooks",
@@ -159,3 +160,33 @@ def planted_unit(n: int = 64) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         model.fc.weight.copy_(torch.tensor([[1.0] * 8, [0.1, -0.2, 0.3, 0.1, -0.1, 0.2, 0.1, 0.3]]))
         model.head.weight.copy_(torch.tensor([[1.0, 0.05], [1.0, -0.05]]))
     return model.eval(), x, y
+
+
+def hand_built_scan(
+    class_counts: list[int],
+    important: list[list[int]],
+    arvs: dict[tuple[int, int], list[float]],
+    no_positive: list[int] | None = None,
+    tau_grid: tuple[float, ...] = (0.03,),
+) -> ScanResult:
+    """A scan of one layer ``"L"`` built by hand (exact counts and ARVs).
+
+    ``important[t][c]`` class-t images make unit c important; unit c reads its own block of
+    inputs with weight 1, so ``ARV(c, t) = arvs[(c, t)]`` exactly."""
+    n_cls, n_units = len(class_counts), len(important[0])
+    d = len(next(iter(arvs.values())))
+    weight = torch.zeros(n_units, n_units * d, 1, dtype=torch.float64)
+    input_sums = torch.zeros(n_cls, n_units * d, 1, dtype=torch.float64)
+    for c in range(n_units):
+        weight[c, c * d : (c + 1) * d, 0] = 1.0
+    for (c, t), vec in arvs.items():
+        input_sums[t, c * d : (c + 1) * d, 0] = (
+            torch.tensor(vec, dtype=torch.float64) * class_counts[t]
+        )
+    counts = torch.tensor(important, dtype=torch.int32).unsqueeze(0).repeat(len(tau_grid), 1, 1)
+    blank = None if no_positive is None else torch.tensor(no_positive, dtype=torch.int64)
+    stats = LayerStats.from_tensors(
+        "L", "linear", weight, counts, torch.zeros(n_cls, n_units, dtype=torch.float64), input_sums,
+        taus=tau_grid, no_positive=blank,
+    )  # fmt: skip
+    return ScanResult({"L": stats}, torch.tensor(class_counts), tau_grid)

@@ -142,7 +142,7 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("demo top", lambda w: __import__("neuronsplit.demo").demo.run_demo("/tmp/x", top=0), InvalidArgumentError, "top .* must be >= 1, got 0"),
     ("demo gamma", lambda w: __import__("neuronsplit.demo").demo.run_demo("/tmp/x", gamma=3), InvalidArgumentError, r"gamma must be in \[-1, 1\]"),
     # sparse dictionaries (ns.sdl)
-    ("lrb interference", lambda w: ns.sdl.make_bench(64, 16, 0.9, 0.1), InvalidArgumentError, r"max_interference=0.1 is below the Welch bound 0.2182"),
+    ("lrb interference", lambda w: ns.sdl.make_bench(64, 16, 0.9, 0.0), InvalidArgumentError, r"max_interference=0 <= 0 is impossible for n=64 > 2 n_p = 32"),
     ("lrb sparsity", lambda w: ns.sdl.make_bench(8, 8, 1.0, 0.5), InvalidArgumentError, r"sparsity must be in \[0, 1\), got 1.0"),
     ("sae k", lambda w: ns.sdl.SparseAutoencoder(4, 8, k=9), InvalidArgumentError, r"k=9 is larger than the dictionary \(n_latents=8\)"),
     ("sae activation", lambda w: ns.sdl.SparseAutoencoder(4, 8, activation="gelu"), InvalidArgumentError, "activation must be one of 'relu'"),

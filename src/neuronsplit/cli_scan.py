@@ -138,12 +138,17 @@ def find_units(result: Any, args: argparse.Namespace, scan_file: str) -> Any:
             f"--gamma {args.gamma:g} finds nothing: a pair needs an ARV cosine in [0, gamma); "
             "give a --gamma above 0, or add --include-negative"
         )
-    with warnings.catch_warnings():  # an empty result's diagnosis: the commands print it
+    with warnings.catch_warnings():  # the diagnosis is printed here and by the commands
         warnings.filterwarnings("ignore", message=r"find_polysemantic\(", category=UserWarning)
-        return find_polysemantic(
+        units = find_polysemantic(
             result, args.layers, tau=args.tau, p=args.p, gamma=args.gamma,
             include_negative=args.include_negative,
         )  # fmt: skip
+    diagnosis = getattr(units, "diagnosis", None)
+    if diagnosis is not None and diagnosis.problem == "nearly_all":
+        # the units are still listed and split; the user should know they are suspect
+        sys.stderr.write(f"warning: {diagnosis}\n")
+    return units
 
 
 def add_detect_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -324,7 +329,8 @@ def _detect(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_json(args.scan)
     doc = {
         "scan": str(Path(args.scan).resolve()),
-        "params": {"tau": args.tau, "p": args.p, "gamma": args.gamma, "layers": args.layers},
+        "params": {"tau": args.tau, "p": args.p, "gamma": args.gamma, "layers": args.layers,
+                   "include_negative": args.include_negative},
         "classes": classes,
         "units": [
             {"layer": u.layer, "unit": u.unit, "relevant": list(u.relevant),

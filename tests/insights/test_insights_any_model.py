@@ -330,3 +330,18 @@ def test_docstring_examples_of_the_insights_modules_run() -> None:
         failed.update({info.name: result.failed} if result.failed else {})
     result = doctest.testmod(neuronsplit.insights, optionflags=doctest.ELLIPSIS, report=False)
     assert not failed and not result.failed, failed
+
+
+def test_a_split_model_in_train_mode_is_left_as_it_was(world: dict) -> None:
+    # a split model handed in directly is the user's own object: neither building the
+    # visualizer nor a Fetch may run it in train mode (BatchNorm statistics, dropout)
+    from neuronsplit import apply_plan
+
+    split = apply_plan(world["model"], _plan()).train()
+    before = snapshot(split)
+    with make_visualizer(split, None, data=world["loader"], batch_size=2) as made:
+        assert made.model is split  # shown as given, not copied
+        out = _fetch(made, made.method_name, {"subunit": made.choices[0]})
+        assert len(out) == 2
+    assert split.training
+    assert_unchanged(split, before)

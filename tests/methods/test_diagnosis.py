@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import neuronsplit as ns
+from helpers import hand_built_scan as _result
 from neuronsplit.errors import InvalidArgumentError
 from neuronsplit.methods.hesse import (
     ClassPair,
@@ -21,35 +22,9 @@ from neuronsplit.methods.hesse import (
     PolysemanticUnit,
     PolysemanticUnits,
 )
-from neuronsplit.stats import LayerStats, ScanResult
+from neuronsplit.stats import ScanResult
 
 DT = torch.float64
-
-
-def _result(
-    class_counts: list[int],
-    important: list[list[int]],
-    arvs: dict[tuple[int, int], list[float]],
-    no_positive: list[int] | None = None,
-    tau_grid: tuple[float, ...] = (0.03,),
-) -> ScanResult:
-    """One layer ``"L"``: ``important[t][c]`` class-t images make unit c important; unit c reads
-    its own block of inputs with weight 1, so ``ARV(c, t) = arvs[(c, t)]`` exactly."""
-    n_cls, n_units = len(class_counts), len(important[0])
-    d = len(next(iter(arvs.values())))
-    weight = torch.zeros(n_units, n_units * d, 1, dtype=DT)
-    input_sums = torch.zeros(n_cls, n_units * d, 1, dtype=DT)
-    for c in range(n_units):
-        weight[c, c * d : (c + 1) * d, 0] = 1.0
-    for (c, t), vec in arvs.items():
-        input_sums[t, c * d : (c + 1) * d, 0] = torch.tensor(vec, dtype=DT) * class_counts[t]
-    counts = torch.tensor(important, dtype=torch.int32).unsqueeze(0).repeat(len(tau_grid), 1, 1)
-    blank = None if no_positive is None else torch.tensor(no_positive, dtype=torch.int64)
-    stats = LayerStats.from_tensors(
-        "L", "linear", weight, counts, torch.zeros(n_cls, n_units, dtype=DT), input_sums,
-        taus=tau_grid, no_positive=blank,
-    )  # fmt: skip
-    return ScanResult({"L": stats}, torch.tensor(class_counts), tau_grid)
 
 
 def _at(cos: float) -> list[float]:
@@ -177,3 +152,12 @@ def test_a_hand_built_unit_uses_the_default_gamma_and_says_so() -> None:
     with pytest.raises(InvalidArgumentError, match=r"at gamma=0\.5 \(the default\)"):
         ns.plan_split(unit, res, rho=0.5)
     assert ns.plan_split(unit, res, rho=0.5, gamma=0.9995).meta["units"][0]["gamma"] == 0.9995
+
+
+def test_the_advised_p_really_gives_a_candidate() -> None:
+    # 2 of 3 images in each class: the largest p is 2/3; "0.6667" would need 3 of 3 again
+    res = _result([3, 3], [[2], [2]], {(0, 0): [1.0, 0.0], (0, 1): [0.0, 1.0]})
+    with pytest.warns(UserWarning):
+        empty = ns.find_polysemantic(res, p=0.75)
+    assert "the largest p that gives a candidate is 0.6666;" in empty.diagnosis.advice
+    assert len(ns.find_polysemantic(res, p=0.6666)) == 1

@@ -68,7 +68,9 @@ def test_metrics_on_a_hand_computed_toy() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"n": 64, "n_p": 16, "max_interference": 0.05}, r"below the Welch bound 0\.2182"),
+        ({"n": 64, "n_p": 16, "max_interference": 0.0}, r"<= 0 is impossible for n=64 > 2 n_p"),
+        ({"n": 20, "n_p": 16, "max_interference": -0.01}, r"< 0 is impossible for n=20 > n_p"),
+        ({"n": 5, "n_p": 16, "max_interference": -0.3}, r"below -1/\(n-1\) = -0\.2500"),
         ({"sparsity": 1.0}, r"sparsity must be in \[0, 1\), got 1\.0"),
         ({"sparsity": -0.1}, r"sparsity must be in \[0, 1\)"),
         ({"n": 64, "n_p": 32, "max_interference": 0.18, "max_iter": 3}, "PGD reached"),
@@ -83,3 +85,14 @@ def test_infeasible_settings_name_the_bound(kwargs: dict, pattern: str) -> None:
 def test_metric_shapes_are_checked() -> None:
     with pytest.raises(InvalidArgumentError, match="same d"):
         dictionary_recovery(torch.ones(3, 4), torch.ones(5, 2))
+
+
+def test_a_simplex_meets_a_negative_bound_that_the_welch_bound_would_refuse() -> None:
+    # 3 vectors at 120 degrees in 2-D: every inner product is -0.5 <= M = -0.4, although the
+    # Welch bound (on |<w_i, w_j>|) is 0.5; the constraint is signed
+    from neuronsplit.sdl import pgd_dictionary
+
+    w = pgd_dictionary(3, 2, -0.4, generator=torch.Generator().manual_seed(0), max_iter=5000)
+    off_diagonal = (w.T @ w)[~torch.eye(3, dtype=torch.bool)]
+    assert float(off_diagonal.max()) <= -0.4
+    assert welch_bound(3, 2) == pytest.approx(0.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -193,3 +195,16 @@ def test_co_firing_latents_move_the_encoder_toward_the_dual_rows() -> None:
     assert float(torch.nn.functional.cosine_similarity(dual, truth.T).abs().mean()) < 0.5
     assert cos["topk"][0] > 0.95 and cos["batchtopk"][0] < 0.85
     assert cos["batchtopk"][1] > cos["topk"][1] + 0.2
+
+
+def test_jumprelu_l0_pseudo_derivative_is_minus_one_over_bandwidth() -> None:
+    # Rajamanoharan et al.: dH(z - theta)/dtheta := -(1/h) K((z - theta)/h); in log theta that
+    # is -(theta/h) per sample within h/2 of the threshold, 0 elsewhere
+    from neuronsplit.sdl.models import _Step
+
+    log_theta = torch.tensor([-3.0, -3.0], dtype=torch.float64, requires_grad=True)
+    theta = math.exp(-3.0)
+    z = torch.tensor([[theta, theta + 1.0]], dtype=torch.float64)  # first near, second far
+    _Step.apply(z, log_theta, 0.05).sum().backward()
+    expected = torch.tensor([-theta / 0.05, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(log_theta.grad, expected)

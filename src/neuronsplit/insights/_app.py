@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..capture import eval_mode
 from ..errors import PlanError
 from ..plan import SplitPlan
 from ._register import InsightsRegistration
@@ -157,9 +158,15 @@ def _bounded_visualizer_class() -> type:
             self.warnings_once = WarningsOnce()
             self._request_lock = threading.Lock()
 
+        def _models(self) -> list[nn.Module]:
+            models = self.models
+            return list(models) if isinstance(models, list | tuple) else [models]
+
         @log_usage()
         def visualize(self) -> list[Any]:
-            with self._request_lock, self.warnings_once():
+            # eval mode per request (flags restored after): a model left in train mode would
+            # update BatchNorm statistics and run dropout on every Fetch
+            with self._request_lock, self.warnings_once(), eval_mode(*self._models()):
                 self._outputs = []
                 for _ in range(max(1, int(self.max_batches))):
                     if len(self._outputs) >= self._config.num_examples:
@@ -169,7 +176,7 @@ def _bounded_visualizer_class() -> type:
 
         def _calculate_attribution_from_cache(self, *args: Any, **kwargs: Any) -> Any:
             # the /attribute request (another class of one shown image)
-            with self._request_lock, self.warnings_once():
+            with self._request_lock, self.warnings_once(), eval_mode(*self._models()):
                 return super()._calculate_attribution_from_cache(*args, **kwargs)
 
     return BoundedAttributionVisualizer

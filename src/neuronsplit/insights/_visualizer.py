@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..capture import eval_mode
 from ..errors import InvalidArgumentError, InvalidTargetError, PlanError
 from ..nn import iter_split_layers
 from ..plan import SplitPlan
@@ -103,7 +104,7 @@ def build_visualizer(
             f"Insights shows images (N, C, H, W); got shape {tuple(batch.images.shape)}"
         )
     transforms = [*batch.input_transforms, *input_transforms]
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(split):  # a model in train mode keeps its statistics
         n_out = int(split(_transformed(batch.images[:1], transforms)).reshape(1, -1).shape[1])
     if n_out < 2:
         raise InvalidTargetError(

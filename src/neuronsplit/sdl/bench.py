@@ -58,6 +58,35 @@ def welch_bound(n: int, n_p: int) -> float:
     return math.sqrt((n - n_p) / (n_p * (n - 1))) if n > n_p else 0.0
 
 
+def _check_feasible(m: float, n: int, n_p: int) -> None:
+    """Refuse an ``M`` that no ``n`` unit vectors in ``n_p`` dimensions can meet.
+
+    The constraint is signed (``<w_i, w_j> <= M``; negative overlaps are free), so the Welch
+    bound, a bound on ``max |<w_i, w_j>|``, does not apply. What does: ``|sum w_i|^2 >= 0`` gives
+    ``M >= -1/(n - 1)`` (met by a simplex when ``n <= n_p + 1``); more than ``n_p + 1`` vectors
+    cannot all overlap negatively and more than ``2 n_p`` cannot all have non-positive overlaps
+    (Rankin), so ``M >= 0`` and ``M > 0`` there. Between these and what PGD reaches, the
+    "PGD reached" error names the value.
+    """
+    if n == 1:
+        return
+    if m < -1 / (n - 1):
+        raise InvalidArgumentError(
+            f"max_interference={m:g} is below -1/(n-1) = {-1 / (n - 1):.4f}: no {n} unit "
+            f"vectors have all pairwise inner products below it; raise max_interference"
+        )
+    if n > n_p + 1 and m < 0:
+        raise InvalidArgumentError(
+            f"max_interference={m:g} < 0 is impossible for n={n} > n_p + 1 = {n_p + 1} unit "
+            "vectors (at most n_p + 1 can overlap pairwise negatively); raise it to >= 0"
+        )
+    if n > 2 * n_p and m <= 0:
+        raise InvalidArgumentError(
+            f"max_interference={m:g} <= 0 is impossible for n={n} > 2 n_p = {2 * n_p} unit "
+            "vectors (at most 2 n_p have pairwise non-positive overlaps); raise it above 0"
+        )
+
+
 def pgd_dictionary(
     n: int, n_p: int, max_interference: float, *, generator: torch.Generator,
     eps: float = 1e-3, lam: float = 1e-3, eta: float = 0.05, max_iter: int = 2000,
@@ -67,8 +96,8 @@ def pgd_dictionary(
     Gradient steps on ``sum_{i != j} relu(<w_i, w_j> - (M - eps))^2 + lam relu(<w_i, w_j>)^2``
     (only positive overlaps are penalised), each followed by renormalising the columns; stops as
     soon as the bound holds (App. C.1). Raises :class:`~neuronsplit.errors.InvalidArgumentError`
-    when ``M`` is below the Welch bound (no such dictionary exists) or the bound is not reached
-    in ``max_iter`` steps.
+    when no dictionary meets ``M`` (below ``-1/(n-1)``, or ``M < 0`` for ``n > n_p + 1``, ``M <= 0``
+    for ``n > 2 n_p``) or the bound is not reached in ``max_iter`` steps.
 
     Examples
     --------
@@ -78,23 +107,22 @@ def pgd_dictionary(
     (True, torch.Size([16, 20]))
     """
     m = check_number(max_interference, "max_interference", low=-1, high=1)
+    _check_feasible(m, check_int(n, "n", low=1), check_int(n_p, "n_p", low=1))
     bound = welch_bound(n, n_p)
-    if m < bound:
-        raise InvalidArgumentError(
-            f"max_interference={m:g} is below the Welch bound {bound:.4f} for n={n} features "
-            f"in n_p={n_p} dimensions: no dictionary has so little overlap; raise "
-            f"max_interference to at least {bound:.4f} or lower n / raise n_p"
-        )
     check_int(max_iter, "max_iter", low=1)
     w = F.normalize(torch.randn(n_p, n, generator=generator, dtype=torch.float64), dim=0)
     eye = torch.eye(n, dtype=torch.bool)
+    if n == 1:
+        return w
     for _ in range(max_iter):
-        g = (w.T @ w).masked_fill_(eye, 0.0)
-        if float(g.max()) <= m or n == 1:
+        # the diagonal (each column with itself) is no interference: -inf for the max, and no
+        # penalty term (with a negative M, relu(0 - (M - eps)) would push a column off itself)
+        g = (w.T @ w).masked_fill_(eye, -math.inf)
+        if float(g.max()) <= m:
             return w
         d = 2 * (g - (m - eps)).clamp_min(0) + 2 * lam * g.clamp_min(0)
         w = F.normalize(w - eta * 2 * (w @ d), dim=0)
-    reached = float((w.T @ w).masked_fill_(eye, 0.0).max())
+    reached = float((w.T @ w).masked_fill_(eye, -math.inf).max())
     if reached <= m:
         return w
     raise InvalidArgumentError(
@@ -178,8 +206,8 @@ def make_bench(
     sparsity : float
         ``S`` in ``[0, 1)``: the probability that a feature is inactive (``1 - S`` active).
     max_interference : float
-        ``M``: the largest allowed inner product between two GT columns; at least the Welch
-        bound :func:`welch_bound` ``(n, n_p)``.
+        ``M``: the largest allowed (signed) inner product between two GT columns; PGD reaches
+        values near the Welch bound :func:`welch_bound` ``(n, n_p)`` and above.
     n_r : int, optional
         Transcoder target dimension (default ``n_p``).
     c_min, beta : float

@@ -57,7 +57,11 @@ class _JumpReLU(torch.autograd.Function):
 
 
 class _Step(torch.autograd.Function):
-    """``H(z - theta)`` for JumpReLU's L0 penalty, with the same pseudo-derivative in theta."""
+    """``H(z - theta)`` for JumpReLU's L0 penalty.
+
+    Pseudo-derivative in theta (Rajamanoharan et al. 2024): ``dH/dtheta := -(1/h) K((z -
+    theta) / h)`` with the rectangle kernel ``K`` -- ``1/h``, where JumpReLU's own has
+    ``theta/h``; the gradient is taken in ``log theta`` (times ``theta``)."""
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, log_theta: Tensor, bandwidth: float) -> Tensor:
@@ -71,7 +75,7 @@ class _Step(torch.autograd.Function):
         z, theta = ctx.saved_tensors
         h = ctx.bandwidth
         near = ((z - theta).abs() < h / 2).to(z.dtype)
-        d_log = (-(theta / h) * near * grad * theta).reshape(-1, theta.numel()).sum(0)
+        d_log = (-(1.0 / h) * near * grad * theta).reshape(-1, theta.numel()).sum(0)
         return None, d_log, None
 
 

@@ -135,9 +135,11 @@ class DetectionDiagnosis:
             smaller = [t for t in self.tau_grid if t < self.tau]
             lower_tau = f"lower tau (the scan has {smaller})" if smaller else "lower tau (rescan)"
             if self.max_p > 0:
+                # rounded down: 2/3 printed as 0.6667 would ask for 3 of 3 images again
+                shown = math.floor(self.max_p * 1e4) / 1e4
                 return (
                     f"no unit is relevant to 2+ classes at tau={self.tau}, p={self.p}: the "
-                    f"largest p that gives a candidate is {self.max_p:.4g}; lower p to it or "
+                    f"largest p that gives a candidate is {shown:g}; lower p to it or "
                     f"{lower_tau}{blank}"
                 )
             return (
