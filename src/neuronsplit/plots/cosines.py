@@ -95,7 +95,7 @@ def cosine_histogram(
     --------
     >>> fig = cosine_histogram([0.1, 0.2, 0.9, 0.95], gamma=0.5, bins=4)
     >>> ax = fig.axes[0]
-    >>> [b.get_height() for b in ax.patches], list(ax.lines[0].get_xdata())
+    >>> [float(b.get_height()) for b in ax.patches], [float(x) for x in ax.lines[0].get_xdata()]
     ([0.0, 0.0, 2.0, 2.0], [0.5, 0.5])
     """
     check_number(gamma, "gamma", low=-1.0, high=1.0)
