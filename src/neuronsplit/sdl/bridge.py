@@ -158,11 +158,10 @@ def subunit_activations(weight: Tensor, bias: Tensor | None, split: LayerSplit |
     split_units = {} if split is None else {u: i for i, u in enumerate(split.units.tolist())}
     cols, names = [], []
     for u in range(w.shape[0]):
-        if u not in split_units:
+        if split is None or u not in split_units:
             cols.append(x @ w[u] + b[u])
             names.append((u, -1))
             continue
-        assert split is not None  # for the type checker: split_units is empty otherwise
         row = split.assignment[split_units[u]].long()
         shared = (row == -1).double()
         for k in range(int(split.num_subunits[split_units[u]])):
