@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._checks import check_bool
@@ -119,23 +119,33 @@ def train_demo_model(
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         n = len(train)
         model.train()
-        epoch_bar = progress_bar(
-            range(epochs), desc="training the demo CNN", unit="epoch", enabled=progress
-        )
-        for _ in epoch_bar:
-            order = torch.randperm(n, generator=generator)
-            for i in range(0, n, batch_size):
-                idx = order[i : i + batch_size]
-                h = model.hidden(train.images[idx])
-                logits = model.fc3(model.act4(model.fc2(h)))
-                loss = F.cross_entropy(logits, train.labels[idx]) + l1 * h.abs().mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        model.eval()
-        with torch.no_grad():
-            acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
+        batches = epoch_batches(n, batch_size, epochs, generator, "training the demo CNN", progress)
+        for idx in batches:
+            h = model.hidden(train.images[idx])
+            logits = model.fc3(model.act4(model.fc2(h)))
+            loss = F.cross_entropy(logits, train.labels[idx]) + l1 * h.abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        acc = digits_accuracy(model, test)
     return TrainResult(model, acc, time.perf_counter() - start)
+
+
+def epoch_batches(
+    n: int, batch_size: int, epochs: int, generator: torch.Generator, desc: str, progress: bool
+) -> Iterator[Tensor]:
+    """Index batches of ``epochs`` shuffled passes over ``n`` training images (a bar per epoch)."""
+    for _ in progress_bar(range(epochs), desc=desc, unit="epoch", enabled=progress):
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n, batch_size):
+            yield order[i : i + batch_size]
+
+
+def digits_accuracy(model: nn.Module, test: Any) -> float:
+    """Put ``model`` in eval mode and return its accuracy on the digits ``test`` split."""
+    model.eval()
+    with torch.no_grad():
+        return (model(test.images).argmax(1) == test.labels).float().mean().item()
 
 
 def default_cache_dir() -> Path:

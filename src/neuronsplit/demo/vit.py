@@ -21,10 +21,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.nn import functional as F
 
 from .._checks import check_bool, check_int, check_number
-from .._progress import progress_bar
 from ._threads import demo_threads
 from .data import load_digits
-from .model import TrainResult, cached_weights, default_cache_dir
+from .model import TrainResult, cached_weights, default_cache_dir, digits_accuracy, epoch_batches
 
 __all__ = ["DigitsViT", "VIT_CONFIG", "train_demo_vit", "get_demo_vit"]
 
@@ -126,22 +125,15 @@ def train_demo_vit(
             opt, max_lr=lr, total_steps=steps, pct_start=0.2
         )
         model.train()
-        epoch_bar = progress_bar(
-            range(epochs), desc="training the demo ViT", unit="epoch", enabled=progress
-        )
-        for _ in epoch_bar:
-            order = torch.randperm(n, generator=generator)
-            for i in range(0, n, batch_size):
-                idx = order[i : i + batch_size]
-                loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                schedule.step()
-        model.eval()
-        with torch.no_grad():
-            acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
+        batches = epoch_batches(n, batch_size, epochs, generator, "training the demo ViT", progress)
+        for idx in batches:
+            loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            schedule.step()
+        acc = digits_accuracy(model, test)
     return TrainResult(model, acc, time.perf_counter() - start)  # type: ignore[arg-type]
 
 
