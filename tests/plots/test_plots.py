@@ -125,6 +125,21 @@ def test_heatmaps_follow_the_attribution_sign(tmp_path: Path) -> None:
     _saves(fig, tmp_path)
 
 
+def test_heatmaps_of_a_zero_residual_say_so_instead_of_failing(tmp_path: Path) -> None:
+    """A residual that receives no input (empty residual set) has an all-zero map, which
+    Captum's visualiser refuses to normalise (it asserts); the panel says so instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 3)).eval()  # fmt: skip
+    split = ns.apply_plan(model, ns.SplitPlan([ns.UnitSplit("0", 0, [[0], [1, 2]], [])]))
+    fig = plots.subunit_heatmaps(split, torch.rand(3, 6, 6), target=0, layer="0")
+    panel = next(ax for ax in fig.axes if ax.get_title() == "0/u0/residual")
+    assert [t.get_text() for t in panel.texts] == ["zero attribution"] and not panel.images
+    drawn = next(ax for ax in fig.axes if ax.get_title() == "0/u0/k1")
+    assert drawn.images and not drawn.texts
+    _saves(fig, tmp_path)
+
+
 def test_heatmap_figure_without_image() -> None:
     fig = plots.heatmap_figure({"a": torch.randn(8, 8)}, sign="absolute_value")
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["a"]

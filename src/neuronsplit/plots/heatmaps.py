@@ -63,6 +63,12 @@ def heatmap_figure(
     >>> fig = heatmap_figure(maps, torch.rand(1, 8, 8))
     >>> [ax.get_title() for ax in fig.axes]
     ['input', 'k0', 'k1']
+
+    A map with nothing to draw (a bias-only residual's) gets a panel that says so:
+
+    >>> fig = heatmap_figure({"residual": torch.zeros(1, 8, 8)})
+    >>> fig.axes[0].texts[0].get_text()
+    'zero attribution'
     """
     if not isinstance(attributions, Mapping) or not attributions:
         raise ArgumentTypeError("attributions must be a non-empty mapping {title: map}")
@@ -79,11 +85,35 @@ def heatmap_figure(
         ax.set_yticks([])
     original = None if shown is None else (shown[..., None] if shown.ndim == 2 else shown)
     for ax, (title, attr) in zip(axes, attributions.items(), strict=True):
+        attr = _hwc(attr)
+        if not _has_signal(attr, sign):
+            # Captum cannot normalise a map with nothing of the chosen sign (it asserts): a
+            # bias-only residual's map is all zeros, for instance. Say so on the panel instead.
+            _empty_panel(ax, str(title), sign)
+            continue
         viz.visualize_image_attr(
-            _hwc(attr), original, method=method, sign=sign, plt_fig_axis=(fig, ax),
+            attr, original, method=method, sign=sign, plt_fig_axis=(fig, ax),
             outlier_perc=outlier_perc, title=str(title), use_pyplot=False,
         )  # fmt: skip
     return fig
+
+
+def _has_signal(attr: np.ndarray, sign: str) -> bool:
+    """Whether ``attr`` has a nonzero value of the ``sign`` Captum will draw."""
+    if sign == "positive":
+        return bool((attr > 0).any())
+    if sign == "negative":
+        return bool((attr < 0).any())
+    return bool((attr != 0).any())
+
+
+def _empty_panel(ax: Any, title: str, sign: str) -> None:
+    """A titled panel that says its attribution is zero (for ``sign``)."""
+    what = "zero attribution" if sign in ("all", "absolute_value") else f"no {sign} attribution"
+    ax.text(0.5, 0.5, what, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def subunit_heatmaps(
