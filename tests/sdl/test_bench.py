@@ -46,6 +46,18 @@ def test_samples_follow_the_model() -> None:
     assert torch.allclose(x_p, x @ bench.w_p.T) and torch.allclose(x_r, x @ bench.w_r.T)
 
 
+def test_magnitudes_are_shifted_exponentials_independent_of_the_mask() -> None:
+    # the sampler draws one uniform per entry for both the mask and the magnitude: the active
+    # values must still be c_min + Exp(beta) (mean c_min + beta, P(> c_min + beta) = 1/e)
+    bench = make_bench(64, 32, 0.8, 0.3, c_min=0.5, beta=2.0, seed=0)
+    x, _ = bench.sample(5000, dtype=torch.float64)
+    values = x[x > 0]
+    assert abs(float((x > 0).double().mean()) - 0.2) < 0.005
+    assert float(values.min()) >= 0.5
+    assert abs(float(values.mean()) - 2.5) < 0.05
+    assert abs(float((values > 2.5).double().mean()) - math.exp(-1)) < 0.01
+
+
 def test_welch_bound_values() -> None:
     assert welch_bound(10, 20) == 0.0
     assert welch_bound(4, 3) == pytest.approx(math.sqrt(1 / 9))  # (4-3)/(3*3)

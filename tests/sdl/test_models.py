@@ -173,6 +173,36 @@ def test_batchtopk_trains_exactly_like_topk_when_each_sample_keeps_k() -> None:
     assert float((a.encoder_directions() - torch.eye(4)).abs().max()) > 1e-4
 
 
+@pytest.mark.parametrize(("activation", "prefixes"), [("topk", None), ("batchtopk", [6, 24])])
+def test_the_sparse_topk_step_matches_the_dense_one(
+    activation: str, prefixes: list[int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # on a CPU the TopK family computes only the kept latents (and the auxiliary loss's dead
+    # ones); loss and gradients are the dense path's, so the trained parameters must agree
+    import neuronsplit.sdl.train as train
+
+    bench = make_bench(40, 24, 0.9, 0.4, seed=0)
+    anchors = gt_anchors(bench, 4)
+    models = {}
+    for sparse in (False, True):
+        monkeypatch.setattr(train, "_sparse_ok", sparse)
+        sae = SparseAutoencoder(24, 96, activation=activation, k=2, seed=0)
+        with torch.no_grad():
+            # off the tied start: there a latent firing alone already codes the projection,
+            # its gradient is rounding noise, and Adam turns noise into lr-sized steps
+            sae.w_enc.mul_(1.5)
+        result = train_sae(sae, bench, steps=15, batch_size=128, lr=3e-3, dead_after=5,
+                           prefixes=prefixes, anchors=anchors, progress=False)  # fmt: skip
+        models[sparse] = (sae, result)
+    (dense, r_dense), (sparse_sae, r_sparse) = models[False], models[True]
+    if activation == "topk":
+        assert r_dense.dead_fraction > 0  # the auxiliary loss was exercised
+    for name in ("w_enc", "w_dec", "b_enc", "b_dec", "batch_threshold"):
+        torch.testing.assert_close(getattr(sparse_sae, name), getattr(dense, name),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+    assert r_sparse.losses == pytest.approx(r_dense.losses, rel=1e-4)
+
+
 def test_co_firing_latents_move_the_encoder_toward_the_dual_rows() -> None:
     # Why BatchTopK (k = 1) scores 0 % on the LRB encoder rows while TopK (k = 1) scores 100 %:
     # when several latents may fire on one sample (BatchTopK's variable count, or TopK with

@@ -8,8 +8,8 @@ at tau = 0.95 and max inner product); decoder-based scores are reported as an ex
 Sizes (:data:`SIZES`): ``"paper"`` is the paper's bench (n = 1000, n_p = 768, n_q = 16,000,
 batches of 4096) and needs a GPU; ``"small"`` keeps S = 0.99, M = 0.1, the superposition ratio
 n / n_p = 1.3 and the 10 % anchor share, and shrinks n and the dictionary; its three default
-rows (ReLU, TopK, BatchTopK, each with and without anchoring) train on one CPU thread in
-minutes (about 5 min a row on a busy shared 2-core machine; ``steps=1500`` for a quicker look).
+rows (ReLU, TopK, BatchTopK, each with and without anchoring: six trainings of 4000 steps) take
+about 4 minutes of CPU time on one thread (docs/sdl.md, "Time").
 
 Examples
 --------
@@ -32,9 +32,10 @@ from .train import train_sae
 
 __all__ = ["SIZES", "METHODS", "PAPER_TABLE_1", "run_lrb", "format_table"]
 
-#: bench and training sizes; ``k`` is the TopK family's active-latent count (the small size's
-#: k = 1 means TopK never fires two latents on one sample while BatchTopK does: co-firing
-#: latents pull the encoder rows toward the unmixing rows of pinv(W_p), see docs/sdl.md)
+#: bench and training sizes; ``k`` is the TopK family's active-latent count (the paper does not
+#: state its k; the small size's k = 1 is the mean number of active features, and with it TopK
+#: never fires two latents on one sample while BatchTopK does: co-firing latents make the
+#: unmixing rows of pinv(W_p) the best encoder rows, see docs/sdl.md, "Why BatchTopK scores 0 %")
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"n": 100, "n_p": 77, "n_q": 400, "k": 1, "steps": 4000, "batch_size": 1024,
               "lr": 3e-3, "anchors": 10,

@@ -154,21 +154,36 @@ class SparseAutoencoder(nn.Module):
             return F.relu(z)
         if self.activation == "jumprelu":
             return _JumpReLU.apply(z, self.log_threshold, self.bandwidth)
-        if self.activation == "topk" or (self.activation == "batchtopk" and not self.training):
-            if self.activation == "batchtopk" and float(self.batch_threshold) >= 0:
-                return z * (z > self.batch_threshold)
-            top = z.topk(self.k, dim=-1)
-            return torch.zeros_like(z).scatter(-1, top.indices, F.relu(top.values))
-        flat = z.reshape(-1)  # batchtopk while training: k per sample on average
-        top = flat.topk(min(self.k * z.shape[0], flat.numel()))
-        out = torch.zeros_like(flat).scatter(0, top.indices, F.relu(top.values))
+        rows, cols = self.select(z)
+        out = torch.zeros_like(z)
+        out[rows, cols] = F.relu(z[rows, cols])
+        return out
+
+    def select(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """TopK family: ``(rows, cols)`` of the kept pre-activations (before the ReLU).
+
+        ``topk``: each row's ``k`` largest; ``batchtopk`` while training: the ``k * B`` largest
+        of the batch (and the inference threshold, a running mean of the smallest kept positive
+        value, is updated); ``batchtopk`` at inference: the entries above that threshold (each
+        row's top ``k`` until one was learned).
+        """
+        if self.activation not in ("topk", "batchtopk"):
+            raise InvalidArgumentError(f"select is for topk / batchtopk, not {self.activation!r}")
+        b, n = z.shape
+        if self.activation == "batchtopk" and not self.training:
+            if float(self.batch_threshold) >= 0:
+                return (z > self.batch_threshold).nonzero(as_tuple=True)
+        if self.activation == "topk" or not self.training:
+            rows = torch.arange(b, device=z.device).repeat_interleave(self.k)
+            return rows, z.topk(self.k, dim=-1).indices.reshape(-1)
+        top = z.reshape(-1).topk(min(self.k * b, b * n))  # k per sample on average
         with torch.no_grad():  # the inference threshold: smallest kept positive value
             kept = top.values[top.values > 0]
             if kept.numel():
                 low = kept.min()
                 old = self.batch_threshold
                 self.batch_threshold.copy_(torch.where(old < 0, low, 0.99 * old + 0.01 * low))
-        return out.reshape(z.shape)
+        return top.indices // n, top.indices % n
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent codes ``x_q`` ``(B, n_latents)``."""

@@ -5,11 +5,14 @@ a smoothed L0 (JumpReLU), Gao et al.'s auxiliary loss through dead latents (TopK
 optional Matryoshka prefix losses and feature anchoring; decoder columns are renormalised to
 unit norm after every step.
 
-**Defaults and CPU sizes.** ``steps=2000``, ``batch_size=1024``, ``lr=1e-3``. One step costs
-about ``6 * batch * n_latents * n_in`` flops: on 2 CPU cores an ``(n_in=154, n_latents=1600)``
-dictionary (the small LRB) trains 2000 steps in about half a minute; the paper's size
-``(768, 16000)`` with batches of 4096 takes seconds per step on a CPU and belongs on a GPU
-(``device="cuda"``).
+**Defaults and CPU sizes.** ``steps=2000``, ``batch_size=1024``, ``lr=1e-3``. A dense step
+costs about ``6 * batch * n_latents * n_in`` flops; on a CPU the TopK family computes the
+encoder product once and everything else only for the kept latents (``batch * k * n_in``),
+1.2 to 1.8 times faster per step on the small LRB. Its ``(n_in=77, n_latents=400)``
+dictionary trains 4000 steps of 1024 in under a minute on one core (TopK family; the dense
+ReLU takes about twice as long);
+the paper's ``(768, 16000)`` with batches of 4096 takes seconds per step on a CPU and belongs
+on a GPU (``device="cuda"``).
 
 Examples
 --------
@@ -74,8 +77,8 @@ def _sampler(data: Data, model: SparseAutoencoder, batch: int, gen: torch.Genera
         # a transcoder learns x_p -> x_r = W_r x, an SAE x_p -> x_p
         transcoder = isinstance(model, Transcoder) or model.w_dec.shape[0] != model.w_enc.shape[1]
         if transcoder:
-            return lambda: data.sample(batch, generator=gen, target=True)[1:]
-        return lambda: data.sample(batch, generator=gen)[1:] * 2
+            return lambda: data.inputs(batch, generator=gen, target=True)
+        return lambda: data.inputs(batch, generator=gen) * 2
     if isinstance(data, Tensor):
         data = (data, data)
     if not (
@@ -102,6 +105,29 @@ def _sampler(data: Data, model: SparseAutoencoder, batch: int, gen: torch.Genera
         return x[idx].float(), y[idx].float()
 
     return draw
+
+
+def _kept(
+    model: SparseAutoencoder, x: Tensor, pre: Tensor, rows: Tensor, cols: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The selected entries that pass the ReLU, and ``W_E x + b_E`` there, with gradients.
+
+    Which entries pass is read from ``pre``, the product the selection used, so a value at
+    the ReLU's kink cannot pass here and fail there (Adam would turn that rounding into a
+    full step)."""
+    keep = pre[rows, cols] > 0
+    rows, cols = rows[keep], cols[keep]
+    return rows, cols, (model.w_enc[cols] * x[rows]).sum(-1) + model.b_enc[cols]
+
+
+def _decode(model: SparseAutoencoder, rows: Tensor, cols: Tensor, vals: Tensor, b: int) -> Tensor:
+    """``W_D z`` (no bias) for the sparse ``z`` with values ``vals`` at ``(rows, cols)``."""
+    out = vals.new_zeros(b, model.w_dec.shape[0])
+    return out.index_add(0, rows, vals[:, None] * model.w_dec.T[cols])
+
+
+#: tests switch the sparse TopK path off to compare it with the dense one
+_sparse_ok = True
 
 
 def train_sae(
@@ -164,7 +190,8 @@ def train_sae(
         model.to(device)
     dev = model.w_enc.device
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    # the fused kernel: one pass over all parameters (several times faster for small models)
+    opt = torch.optim.Adam(params, lr=lr, fused=dev.type in ("cpu", "cuda"))
     # the last fifth decays the rate linearly to zero: Adam's steps are of size ~lr even on
     # pure noise, and without the decay the encoder rows keep wandering around their optimum
     decay_from = int(0.8 * steps)
@@ -172,18 +199,31 @@ def train_sae(
         opt, lambda i: 1.0 if i < decay_from else max(0.0, (steps - i) / (steps - decay_from))
     )
     since_fired = torch.zeros(model.n_latents, dtype=torch.long, device=dev)
+    # TopK family on a CPU: only the kept latents get gradients, so compute just those (the
+    # same loss and gradients as the dense path, in ~nnz * n_in instead of 4 more dense
+    # products); a GPU keeps the dense path, where the products are cheap
+    sparse = model.activation in ("topk", "batchtopk") and dev.type == "cpu" and _sparse_ok
     losses, recon = [], []
     model.train()
     for _ in progress_bar(range(steps), desc=f"train {model.activation} SAE", unit="step",
                           enabled=progress):  # fmt: skip
         x, y = (t.to(dev) for t in draw())
-        pre = model.pre_activation(x)
-        z = model.activate(pre)
-        miss = y - model.decode(z)
+        if sparse:
+            with torch.no_grad():  # the one dense product: selection needs every pre-activation
+                pre = model.pre_activation(x)
+            rows, cols, vals = _kept(model, x, pre, *model.select(pre))
+            x_hat = _decode(model, rows, cols, vals, len(x)) + model.b_dec
+            # Matryoshka: every prefix of the dictionary must reconstruct on its own
+            prefix_hats = [_decode(model, rows[cols < m], cols[cols < m], vals[cols < m], len(x))
+                           + model.b_dec for m in cuts[:-1]]  # fmt: skip
+        else:
+            pre = model.pre_activation(x)
+            z = model.activate(pre)
+            x_hat = model.decode(z)
+            prefix_hats = [F.linear(z[:, :m], model.w_dec[:, :m], model.b_dec) for m in cuts[:-1]]
+        miss = y - x_hat
         full = miss.square().sum(-1)
-        # Matryoshka: every prefix of the dictionary must reconstruct on its own
-        err = sum((y - F.linear(z[:, :m], model.w_dec[:, :m], model.b_dec)).square().sum(-1)
-                  .mean() for m in cuts[:-1]) + full.mean()  # fmt: skip
+        err = sum((y - h).square().sum(-1).mean() for h in prefix_hats) + full.mean()
         loss = err / len(cuts)
         if model.activation == "relu":
             loss = loss + l1 * z.abs().sum(-1).mean()
@@ -195,8 +235,14 @@ def train_sae(
                 # Gao et al.: dead latents learn the residual the live ones leave
                 k_aux = min(2 * model.k, int(dead.sum()))
                 top = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=-1)
-                z_aux = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-                residual = miss.detach() - F.linear(z_aux, model.w_dec)
+                if sparse:
+                    r = torch.arange(len(x), device=dev).repeat_interleave(k_aux)
+                    r, c, v = _kept(model, x, pre, r, top.indices.reshape(-1))
+                    aux_hat = _decode(model, r, c, v, len(x))
+                else:
+                    z_aux = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+                    aux_hat = F.linear(z_aux, model.w_dec)
+                residual = miss.detach() - aux_hat
                 loss = loss + aux_weight * residual.square().sum(-1).mean()
         if anchors is not None:
             loss = loss + anchor_loss(model, anchors)
@@ -206,7 +252,11 @@ def train_sae(
         sched.step()
         model.normalize_decoder_()
         with torch.no_grad():
-            fired = (z != 0).any(0)
+            if sparse:
+                fired = torch.zeros(model.n_latents, dtype=torch.bool, device=dev)
+                fired[cols] = True
+            else:
+                fired = (z != 0).any(0)
             since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + 1)
         losses.append(float(loss.detach()))
         recon.append(float(full.detach().mean()))
