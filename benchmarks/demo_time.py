@@ -7,9 +7,10 @@ each spinning a pure-Python loop, before the demo and stop them after it. Quiet 
 alternate (order swapped every round) and the medians are reported with their ratio; the CPU
 time of the demo process is printed too (on a shared machine it moves less than wall time).
 
-``--threads`` compares thread settings: ``demo`` is what the demo sets itself (one thread,
-:mod:`neuronsplit.demo._threads`), an integer N makes the demo run on N threads instead (2 is
-torch's default on a 2-core machine). ``--pythonpath DIR`` runs the demo from another source
+``--threads`` compares thread settings: ``demo`` is what the demo sets itself (one torch thread,
+:mod:`neuronsplit.demo._threads`; the ViT trains in a second Python thread while the CNN half
+runs), an integer N makes the demo run on N torch threads instead (2 is torch's default on a
+2-core machine). ``--no-report`` times the demo without its HTML report. ``--pythonpath DIR`` runs the demo from another source
 tree, e.g. an earlier commit's ``src`` (``mkdir /tmp/old && git archive HEAD~1 src | tar -x -C
 /tmp/old``, then ``--pythonpath /tmp/old/src``), as a baseline measured on the same machine.
 
@@ -30,7 +31,8 @@ import sys
 import tempfile
 import time
 
-#: the demo in a child process; {threads} patches the demo's thread count (None: as it is)
+#: the demo in a child process; {threads} patches the demo's thread count (None: as it is),
+#: {extra} adds command-line arguments (``--no-report``)
 CHILD = """
 import sys
 threads = {threads}
@@ -38,12 +40,14 @@ if threads is not None:
     import neuronsplit.demo._threads as t
     t.DEMO_THREADS = threads
 from neuronsplit.cli import main
-sys.exit(main(["demo", "--quiet", "--out", sys.argv[1], "--cache", sys.argv[2]]))
+sys.exit(main(["demo", "--quiet", "--out", sys.argv[1], "--cache", sys.argv[2], *{extra}]))
 """
 SPIN = "while True: pass"
 
 
-def cold_demo(threads: int | None, pythonpath: str | None) -> tuple[float, float]:
+def cold_demo(
+    threads: int | None, pythonpath: str | None, extra: tuple[str, ...] = ()
+) -> tuple[float, float]:
     """Wall and CPU seconds of one cold demo in a fresh process."""
     env = dict(os.environ)
     if pythonpath:
@@ -52,7 +56,7 @@ def cold_demo(threads: int | None, pythonpath: str | None) -> tuple[float, float
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-c", CHILD.format(threads=threads), out, cache],
+            [sys.executable, "-c", CHILD.format(threads=threads, extra=list(extra)), out, cache],
             check=True, env=env, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         wall = time.perf_counter() - start
@@ -61,12 +65,14 @@ def cold_demo(threads: int | None, pythonpath: str | None) -> tuple[float, float
     return wall, cpu
 
 
-def busy_demo(threads: int | None, pythonpath: str | None, n_busy: int) -> tuple[float, float]:
+def busy_demo(
+    threads: int | None, pythonpath: str | None, n_busy: int, extra: tuple[str, ...] = ()
+) -> tuple[float, float]:
     """:func:`cold_demo` while ``n_busy`` processes spin on the cores."""
     spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n_busy)]
     try:
         time.sleep(0.5)  # let them start spinning
-        return cold_demo(threads, pythonpath)
+        return cold_demo(threads, pythonpath, extra)
     finally:
         for p in spinners:
             p.kill()
@@ -81,7 +87,9 @@ def main() -> int:
         "--threads", nargs="+", default=["demo"], help="'demo' (its own setting) or a count"
     )
     p.add_argument("--pythonpath", default=None, help="run the demo from this source tree")
+    p.add_argument("--no-report", action="store_true", help="run the demo without report.html")
     args = p.parse_args()
+    extra = ("--no-report",) if args.no_report else ()
     print(f"cores: {os.cpu_count()}, busy: {args.busy} spinning process(es), "
           f"load average before: {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     rows = []
@@ -93,8 +101,8 @@ def main() -> int:
             order = [("quiet", quiet), ("busy", busy)]
             for name, runs in order if r % 2 == 0 else order[::-1]:
                 runs.append(
-                    cold_demo(threads, args.pythonpath) if name == "quiet"
-                    else busy_demo(threads, args.pythonpath, args.busy)
+                    cold_demo(threads, args.pythonpath, extra) if name == "quiet"
+                    else busy_demo(threads, args.pythonpath, args.busy, extra)
                 )  # fmt: skip
                 wall, cpu = runs[-1]
                 print(f"  threads={setting} {name}: {wall:.1f} s (cpu {cpu:.1f} s)", flush=True)

@@ -1,6 +1,6 @@
 """The demo ViT: accuracy, cache round trip, damaged cache rebuilt, deterministic by seed.
 
-The full training (10-25 s) runs once per module, through ``get_demo_vit`` with a temporary
+The full training (8-20 s) runs once per module, through ``get_demo_vit`` with a temporary
 cache; the other tests train for one epoch or replace the trainer.
 """
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from neuronsplit.demo import DigitsViT, get_demo_vit, load_digits, train_demo_vit
+from neuronsplit.demo import DigitsViT, _background, get_demo_vit, load_digits, train_demo_vit
 from neuronsplit.demo import vit as vit_module
 from neuronsplit.errors import ArgumentTypeError, InvalidArgumentError
 
-CACHE_NAME = "demo_digits_vit_v1.safetensors"
+CACHE_NAME = "demo_digits_vit_v3.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,48 @@ def test_get_demo_vit_checks_retrain(tmp_path: Path) -> None:
     with pytest.raises(ArgumentTypeError, match="retrain"):
         get_demo_vit(tmp_path, retrain="yes")  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_restores_timms_attention_setting() -> None:
+    model = train_demo_vit(epochs=1).model
+    assert [b.attn.fused_attn for b in model.blocks] == [
+        b.attn.fused_attn for b in DigitsViT().blocks
+    ]
+
+
+def test_background_training_gives_train_demo_vits_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ViT trained in a thread while this thread draws from torch's global generator."""
+    monkeypatch.setattr(vit_module, "_EPOCHS", 1)
+    with vit_module.demo_vit_in_background(tmp_path):
+        torch.manual_seed(123)
+        noise = torch.randn(10_000)  # what the demo's other half does meanwhile
+        model = get_demo_vit(tmp_path)  # waits for the thread
+        assert [p.name for p in tmp_path.iterdir()] == [CACHE_NAME]
+    torch.manual_seed(123)
+    assert torch.equal(noise, torch.randn(10_000))  # nor did the thread draw from it
+    assert _same_weights(model, train_demo_vit(epochs=1).model)
+
+
+def test_background_does_nothing_when_cached(cached: tuple[DigitsViT, Path]) -> None:
+    model, cache = cached
+    with vit_module.demo_vit_in_background(cache):
+        assert not _background._PENDING  # no thread started
+        assert _same_weights(get_demo_vit(cache), model)
+
+
+def test_failed_background_job_leaves_the_reader_to_train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick = train_demo_vit(epochs=1, seed=3).model
+    monkeypatch.setattr(
+        vit_module, "train_demo_vit", lambda **_: vit_module.TrainResult(quick, 0.0, 0.0)
+    )
+
+    def fail() -> None:
+        raise RuntimeError("out of memory")
+
+    with _background.in_background(tmp_path / CACHE_NAME, fail):
+        assert _same_weights(get_demo_vit(tmp_path), quick)  # no error: trained here instead
+    assert (tmp_path / CACHE_NAME).is_file()

@@ -7,6 +7,10 @@ Measured on a 2-core machine shared with other jobs (load about 7): training the
 31 s with one thread and 392 s with two (6 s and 110 s of CPU time). One thread also makes the
 trained weights independent of the machine's core count, so the demo prints the same figures
 everywhere (the README's sample output is checked against them by a test).
+
+A cold demo trains the ViT in a second Python thread (also one torch thread) while the CNN half
+runs (:func:`~neuronsplit.demo.vit.demo_vit_in_background`): two threads on two cores, each
+model's figures still computed on one torch thread.
 """
 
 from __future__ import annotations

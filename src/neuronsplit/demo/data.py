@@ -6,7 +6,11 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +36,28 @@ class DigitsData:
         return int(self.labels.shape[0])
 
 
+@functools.cache
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 digits as ``(pixels (1797, 64), labels (1797,))``, read once per process.
+
+    Read straight from the CSV file scikit-learn ships (what ``sklearn.datasets.load_digits``
+    reads): importing ``sklearn.datasets`` costs about a second of the demo's start-up.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    roots = spec.submodule_search_locations if spec is not None else None
+    path = Path(roots[0], "datasets", "data", "digits.csv.gz") if roots else None
+    if path is None or not path.is_file():  # another layout: ask scikit-learn
+        from sklearn.datasets import load_digits as sk_load_digits
+
+        bunch = sk_load_digits()
+        data = np.column_stack([bunch.data, bunch.target])
+    else:
+        with gzip.open(path, mode="rt", encoding="utf-8") as f:
+            data = np.loadtxt(f, delimiter=",")
+    data.setflags(write=False)
+    return data[:, :-1], data[:, -1]
+
+
 def load_digits(split: str = "train") -> DigitsData:
     """Return the train (1400) or test (397) part of scikit-learn's digits.
 
@@ -51,13 +77,11 @@ def load_digits(split: str = "train") -> DigitsData:
     >>> tuple(d.images.shape), int(d.labels.max())
     ((397, 1, 8, 8), 9)
     """
-    from sklearn.datasets import load_digits as _sk_load_digits
-
     if split not in ("train", "test", "all"):
         raise InvalidArgumentError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    bunch = _sk_load_digits()
-    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    pixels, target = _digits_arrays()
+    images = torch.from_numpy(pixels.reshape(-1, 8, 8).astype(np.float32) / 16.0).unsqueeze(1)
+    labels = torch.from_numpy(target.astype(np.int64))
     order = torch.from_numpy(np.random.default_rng(_SPLIT_SEED).permutation(len(labels)))
     images, labels = images[order], labels[order]
     if split == "train":

@@ -13,7 +13,9 @@ runs ``discover`` on the CNN units Hesse's plan split and scores both plans the 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from ..plan import SplitPlan
 from ._threads import demo_threads
 from .data import DigitsData, digits_loader, load_digits
 
-__all__ = ["run_vit_demo", "cnn_vs_discover", "vit_demo_layers", "TARGET"]
+__all__ = ["run_vit_demo", "cnn_vs_discover", "vit_demo_layers", "vit_in_background", "TARGET"]
 
 #: the issue's target for the demo ViT: mean top-20 purity gain and share of units split
 TARGET: dict[str, float] = {"purity_gain": 0.10, "split_fraction": 0.333}
@@ -46,6 +48,25 @@ def vit_demo_layers(depth: int = 4) -> list[str]:
     ['blocks.0.mlp.fc1', 'blocks.0.mlp.fc2', 'blocks.1.mlp.fc1', 'blocks.1.mlp.fc2']
     """
     return [f"blocks.{i}.mlp.{fc}" for i in range(depth) for fc in ("fc1", "fc2")]
+
+
+def vit_in_background(
+    cache_dir: str | os.PathLike | None = None, *, enabled: bool = True, progress: bool = False
+) -> AbstractContextManager[None]:
+    """:func:`~neuronsplit.demo.vit.demo_vit_in_background` if ``enabled`` (imports timm), else
+    a block that does nothing.
+
+    Examples
+    --------
+    >>> with vit_in_background(enabled=False):
+    ...     pass
+    """
+    check_bool(enabled, "enabled")
+    if not enabled:
+        return contextlib.nullcontext()
+    from .vit import demo_vit_in_background  # needs timm
+
+    return demo_vit_in_background(cache_dir, progress=progress)
 
 
 def _test_loader(test: DigitsData) -> DataLoader:

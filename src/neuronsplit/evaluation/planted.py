@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from .._checks import check_int, check_number
@@ -138,6 +137,8 @@ def recovery(plan: SplitPlan, planted: PlantedConcepts, layer: str = "0") -> lis
     the subunit the plan routes it to (shared = its own label); ``exact`` means ARI 1 with the
     right ``K``.
     """
+    from sklearn.metrics import adjusted_rand_score  # here: scikit-learn takes ~1 s to import
+
     split = plan.by_layer().get(layer)
     out = []
     for u, groups in enumerate(planted.groups):

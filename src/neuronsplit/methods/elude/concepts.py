@@ -8,7 +8,8 @@ The rules, and why (they are ELUDe's unstated parts; see ``docs/elude.md``):
    the activation in the same proportions*, whatever its size. Samples that do not activate
    the unit say nothing about what it detects and are left out.
 2. **Clustering.** scikit-learn's ``KMeans`` (k-means++, ``n_init`` restarts, a fixed seed) for
-   every ``K`` in ``2 .. max_concepts``. It runs on the samples' coordinates in their own span
+   every ``K`` in ``2 .. max_concepts``, run for many units at once by
+   :func:`~neuronsplit.methods.elude.kmeans.batched_kmeans` (the same algorithm and labels). It runs on the samples' coordinates in their own span
    (at most ``m`` dimensions for ``m`` samples, from an eigendecomposition of the Gram matrix):
    distances there equal those in input space, so the clusters are the same and a ViT-B unit
    costs a 32-dimensional problem instead of a 768-dimensional one.
@@ -39,11 +40,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 from torch import Tensor
 
-__all__ = ["ConceptRule", "UnitConcepts", "find_concepts", "span_coordinates"]
+from .kmeans import batched_kmeans, batched_silhouette
+
+__all__ = [
+    "ConceptRule",
+    "UnitConcepts",
+    "find_concepts",
+    "find_concepts_batch",
+    "span_coordinates",
+]
 
 
 @dataclass(frozen=True)
@@ -170,27 +177,72 @@ def find_concepts(
         t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
         for t in (contributions, coords, activations)
     )
+    return find_concepts_batch(contributions[None], coords[None], rule, activations[None], force)[0]
+
+
+def find_concepts_batch(
+    contributions: np.ndarray, coords: np.ndarray, rule: ConceptRule, activations: np.ndarray,
+    force: bool = False,
+) -> list[UnitConcepts]:  # fmt: skip
+    """:func:`find_concepts` for ``G`` units at once: ``(G, m, J)``, ``(G, m, r)``, ``(G, m)``.
+
+    Units with the same number of positive samples are clustered together
+    (:func:`~neuronsplit.methods.elude.kmeans.batched_kmeans`: scikit-learn's k-means without
+    its per-call overhead, the same labels).
+    """
     positive = activations > 0
-    m = int(positive.sum())
-    if m < 2 * rule.min_cluster:
-        return UnitConcepts(1, None, float("nan"), m, "few_active")
-    x = coords[positive].astype(np.float64)
-    if np.ptp(x, axis=0).max() <= 1e-12:
-        return UnitConcepts(1, None, float("nan"), m, "constant")
-    best: tuple[float, int, np.ndarray] | None = None
-    for k in range(2, min(rule.max_concepts, m // rule.min_cluster) + 1):
-        labels = KMeans(k, n_init=rule.n_init, random_state=rule.seed).fit_predict(x)
-        if np.bincount(labels, minlength=k).min() < rule.min_cluster:
+    counts = positive.sum(1)
+    found: dict[int, UnitConcepts] = {}
+    by_count: dict[int, list[int]] = {}
+    for i, m in enumerate(counts.tolist()):
+        if m < 2 * rule.min_cluster:
+            found[i] = UnitConcepts(1, None, float("nan"), m, "few_active")
             continue
-        score = float(silhouette_score(x, labels))
-        if best is None or score > best[0]:
-            best = (score, k, labels)
-    if best is None:
+        if np.ptp(coords[i][positive[i]], axis=0).max() <= 1e-12:
+            found[i] = UnitConcepts(1, None, float("nan"), m, "constant")
+            continue
+        by_count.setdefault(m, []).append(i)
+    for m, units in by_count.items():
+        x = np.stack([coords[i][positive[i]] for i in units]).astype(np.float64)
+        for i, (score, k, labels) in zip(units, _best_clustering(x, rule), strict=True):
+            found[i] = _decide(contributions[i][positive[i]], m, score, k, labels, rule, force)
+    return [found[i] for i in range(len(counts))]
+
+
+def _best_clustering(
+    x: np.ndarray, rule: ConceptRule
+) -> list[tuple[float, int, np.ndarray | None]]:
+    """Per problem of ``x`` ``(G, m, r)``: the best silhouette, its ``K`` and labels (``K = 0``:
+    no clustering had clusters of ``rule.min_cluster``)."""
+    g, m, _ = x.shape
+    best: list[tuple[float, int, np.ndarray | None]] = [(float("nan"), 0, None)] * g
+    for k in range(2, min(rule.max_concepts, m // rule.min_cluster) + 1):
+        labels, empty = batched_kmeans(x, k, n_init=rule.n_init, seed=rule.seed)
+        for i in np.flatnonzero(empty):  # rare: scikit-learn relocates emptied clusters
+            from sklearn.cluster import KMeans
+
+            labels[i] = KMeans(k, n_init=rule.n_init, random_state=rule.seed).fit_predict(x[i])
+        sizes = (labels[..., None] == np.arange(k)).sum(1).min(-1)
+        ok = np.flatnonzero(sizes >= rule.min_cluster)
+        if ok.size == 0:
+            continue
+        scores = batched_silhouette(x[ok], labels[ok], k)
+        for i, score in zip(ok.tolist(), scores.tolist(), strict=True):
+            if best[i][2] is None or score > best[i][0]:
+                best[i] = (score, k, labels[i])
+    return best
+
+
+def _decide(
+    contributions: np.ndarray, m: int, score: float, k: int, labels: np.ndarray | None,
+    rule: ConceptRule, force: bool,
+) -> UnitConcepts:  # fmt: skip
+    """The unit's concepts from its best clustering (contributions of its positive samples)."""
+    if labels is None:
         return UnitConcepts(1, None, float("nan"), m, "small_clusters")
-    score, k, labels = best
     if score < rule.min_silhouette and not force:
         return UnitConcepts(1, None, score, m, "low_silhouette")
-    c = contributions[positive].astype(np.float64)
+    c = contributions.astype(np.float64)
     shares = c / np.maximum(np.abs(c).sum(1, keepdims=True), 1e-300)
     assignment, k = _renumber(_route(shares, labels, k, rule.margin), k)
     if k < 2:

@@ -40,7 +40,7 @@ from ...errors import (
 )
 from ...plan import LayerSplit, SplitPlan
 from ...stats.batches import split_batch
-from .concepts import ConceptRule, UnitConcepts, find_concepts, span_coordinates
+from .concepts import ConceptRule, UnitConcepts, find_concepts_batch, span_coordinates
 from .reservoir import TopInputs, token_slice
 
 __all__ = ["discover", "DEFAULT_TOP_N"]
@@ -195,10 +195,9 @@ def _concepts_of_group(
     cost more than they give)."""
     group, contrib, coords, acts = task
     with threadpool_limits(1):
-        return [
-            (u, find_concepts(contrib[i], coords[i], rule, acts[i], force=force))
-            for i, u in enumerate(group)
-        ]
+        return list(
+            zip(group, find_concepts_batch(contrib, coords, rule, acts, force), strict=True)
+        )
 
 
 def _layer_concepts(
