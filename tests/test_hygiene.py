@@ -227,6 +227,15 @@ def _fractions(w: World, layer: str = "fc", unit: int = 1) -> Any:
     )
 
 
+def _references(w: World, refs: Any = ("conv/u2/k1", "fc/u1/k0", "fc/u1"), scan: Any = None) -> Any:
+    from neuronsplit.visual import reference_images
+
+    data = [(x, y) for xb, yb in _loader() for x, y in zip(xb, yb, strict=True)]
+    return reference_images(
+        w.split, data, list(refs), by="relevance", k=3, heatmap=True, scan=scan, progress=False
+    )
+
+
 @dataclass(frozen=True)
 class Case:
     """One call: ``call(world)``, the exception it must raise (None: it must succeed), whether
@@ -242,6 +251,12 @@ class Case:
 def _splice(w: World, layer: str = "fc") -> Any:
     sae = ns.sdl.SparseAutoencoder(6, 12, k=2, seed=0)
     return ns.sdl.spliced_output_change(w.original, layer, sae, _loader())
+
+
+def _visualise(w: World, refs: list[str]) -> Any:
+    from neuronsplit.visual import visualise
+
+    return visualise(w.split, refs, image_shape=(1, 5, 5), steps=2, progress=False)
 
 
 CASES: dict[str, Case] = {
@@ -554,6 +569,12 @@ CASES: dict[str, Case] = {
         lambda w: ns.evaluate(w.original, None, _loader(), SplitPlan([]), progress=False),
         ValueError,
     ),
+    "reference_images": Case(_references),
+    "reference_images_from_scan": Case(lambda w: _references(w, ["conv/u2", "fc/u1"], _result())),
+    "reference_images_raises_mid_forward": Case(_references, RuntimeError, True),
+    "reference_images_unknown_subunit": Case(
+        lambda w: _references(w, ["conv/u2/k5"]), UnknownSubunitError
+    ),
     # ------------------------------------------------------------------ discovery (ELUDe)
     "discover": Case(
         lambda w: ns.discover(
@@ -610,6 +631,12 @@ CASES: dict[str, Case] = {
     "image_folder_loader_bad_batch_size": Case(
         lambda w: ns.image_folder_loader(_images(w.tmp), batch_size=0), ValueError
     ),
+    # ------------------------------------------------------------------ feature visualisation
+    "visualise": Case(lambda w: _visualise(w, ["conv/u2/k1", "fc/u1/k0", "fc/u1", "out/u0"])),
+    "visualise_unknown_subunit": Case(lambda w: _visualise(w, ["fc/u1/k5"]), UnknownSubunitError),
+    "visualise_raises_mid_forward": Case(  # wrapped: InputShapeError (a ValueError) names it
+        lambda w: _visualise(w, ["fc/u1/k0"]), ValueError, True
+    ),
 }
 
 
@@ -647,7 +674,7 @@ def test_every_public_entry_point_has_a_success_and_a_failure_case() -> None:
         "compute_convergence_delta", "subunit_selector", "subunit_layer", "concept_fractions",
         "load_timm_model", "image_folder_loader", "top_k_purity", "discover", "steer",
         "sdl_layer_outputs", "sdl_spliced_output_change",
-        "evaluate",
+        "evaluate", "reference_images", "visualise",
     }  # fmt: skip
     for name in covered:
         mine = [c for n, c in CASES.items() if n == name or n.startswith(f"{name}_")]
