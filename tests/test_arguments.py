@@ -19,9 +19,11 @@ from neuronsplit.cli import main as cli_main
 from neuronsplit.errors import (
     ArgumentTypeError,
     InvalidArgumentError,
+    InvalidTargetError,
     MissingFileError,
     NeuronSplitError,
     UnknownLayerError,
+    UnknownSubunitError,
 )
 from neuronsplit.plan import UnitSplit
 
@@ -50,6 +52,14 @@ def world() -> dict[str, Any]:
 
 
 Call = Callable[[dict[str, Any]], Any]
+
+
+def _refs(w: dict[str, Any], refs: Any = "0/u1/k0", dataset: Any = None, **kwargs: Any) -> Any:
+    from neuronsplit.visual import reference_images
+
+    data = torch.rand(6, 4, dtype=DT) if dataset is None else dataset
+    return reference_images(w["split"], data, refs, progress=False, **kwargs)
+
 
 #: (name, call with the bad argument, error type, message pattern)
 CASES: list[tuple[str, Call, type[Exception], str]] = [
@@ -127,6 +137,14 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("evaluate split", lambda w: ns.evaluate(w["model"], "split", _loader()), ArgumentTypeError, "split must be a torch.nn.Module, got str"),
     ("evaluate plan", lambda w: ns.evaluate(w["model"], w["split"], _loader(), plan="plan.json"), ArgumentTypeError, "plan must be a SplitPlan or None, got str"),
     ("evaluate nothing", lambda w: ns.evaluate(w["model"], None, _loader()), ArgumentTypeError, "needs the split model or a plan"),
+    # reference images (neuronsplit.visual)
+    ("reference_images k", lambda w: _refs(w, k=0), InvalidArgumentError, "k must be >= 1, got 0"),
+    ("reference_images by", lambda w: _refs(w, by="max"), InvalidArgumentError, "by must be one of 'activation', 'relevance'; got 'max'"),
+    ("reference_images subunit", lambda w: _refs(w, refs="0/u1/k7"), UnknownSubunitError, "subunit k=7 does not exist for unit 1"),
+    ("reference_images unsplit unit", lambda w: _refs(w, refs="0/u2/k1"), UnknownSubunitError, "unit 2 of layer '0' is not split"),
+    ("reference_images dataset", lambda w: _refs(w, dataset=torch.empty(0, 4, dtype=DT)), InvalidArgumentError, "dataset is empty"),
+    ("reference_images scan", lambda w: _refs(w, scan="scan.safetensors"), ArgumentTypeError, "scan must be a ScanResult or None, got str"),
+    ("reference_images labels", lambda w: _refs(w, by="relevance"), InvalidTargetError, "pass .*target='prediction'"),
     # LRP
     ("vit composite epsilon", lambda w: relevance.TimmViTComposite(epsilon=-1.0), InvalidArgumentError, r"epsilon must be in \(0, inf\), got -1.0"),
     ("vit composite gamma", lambda w: relevance.TimmViTComposite(gamma="0.25"), ArgumentTypeError, "gamma must be a number, got str '0.25'"),
@@ -150,6 +168,11 @@ CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("train data", lambda w: ns.sdl.train_sae(ns.sdl.SparseAutoencoder(4, 8, k=2), "acts.npy"), ArgumentTypeError, "data must be a LinearRepresentationBench"),
     ("train model", lambda w: ns.sdl.train_sae(w["model"], torch.ones(4, 4)), ArgumentTypeError, "model must be a SparseAutoencoder, got Sequential"),
     ("splice reads", lambda w: ns.sdl.spliced_output_change(w["model"], "0", lambda t: t, _loader(), reads="weights"), InvalidArgumentError, "reads must be 'output' or 'input'"),
+    # the HTML report
+    ("report max_units", lambda w: ns.report(w["model"], w["plan"], _loader(), "/tmp/r.html", max_units=0), InvalidArgumentError, "max_units must be >= 1, got 0"),
+    ("report out", lambda w: ns.report(w["model"], w["plan"], _loader(), "/tmp/r.txt"), InvalidArgumentError, r"out '/tmp/r.txt' must end in \.html"),
+    ("report units", lambda w: ns.report(w["model"], w["plan"], _loader(), "/tmp/r.html", units=[("0", 2)]), ns.UnknownSubunitError, "unit 2 of layer '0' is not split"),
+    ("report plan", lambda w: ns.report(w["model"], "plan.json", _loader(), "/tmp/r.html"), ArgumentTypeError, "plan must be a SplitPlan, got str"),
 ]  # fmt: skip
 
 
@@ -187,6 +210,8 @@ def test_argument_checks(
             "argument --num-classes: 0 is not >= 1",
         ),
         (["steer", "--model", "demo"], "required: --split, --scales, --out"),
+        (["report", "--plan", "p", "--max-units", "0"], "argument --max-units: 0 is not >= 1"),
+        (["report", "--out", "r.html"], "required: --plan"),
     ],
 )
 def test_cli_options_are_checked(

@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "top_k_purity": "evaluation",
     "evaluate": "evaluation",
     "Evaluation": "evaluation",
+    "report": "reporting",
     # plans
     "UnitSplit": "plan",
     "LayerSplit": "plan",
@@ -91,7 +92,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 #: subpackages reachable as attributes without an import: the sparse-dictionary yardstick
 #: (docs/sdl.md) and the matplotlib figures (docs/evaluation.md)
-_NAMESPACES = ("sdl", "plots")
+_NAMESPACES = ("sdl", "plots", "visual")
 
 
 def __getattr__(name: str) -> Any:

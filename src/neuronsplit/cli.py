@@ -102,9 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only Hesse's split of the CNN (no discover, no ViT: summary without 'vit' and "
         "'cnn_vs_discover')",
     )  # fmt: skip
+    demo.add_argument("--no-report", action="store_true",
+                      help="do not write report.html (the HTML report of both splits)")  # fmt: skip
     demo.set_defaults(func=_demo)
     from .cli_bench import add_bench_parser
     from .cli_discover import add_discover_parser
+    from .cli_report import add_report_parser
     from .cli_scan import add_detect_parser, add_scan_parser
     from .cli_split import add_split_parser, add_verify_parser
     from .cli_steer import add_steer_parser
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_discover_parser(sub)
     add_bench_parser(sub)
     add_steer_parser(sub)
+    add_report_parser(sub)
     try:
         from .insights.cli import add_insights_parser
     except ImportError:  # the module itself imports nothing optional; keep the CLI usable anyway
@@ -137,11 +141,16 @@ def _demo(args: argparse.Namespace) -> int:
         gamma=args.gamma,
         progress=not args.quiet,
         unsupervised=not args.cnn_only,
+        report=not args.no_report,
     )
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     if not args.json:
         files = ["summary.json", "plan.json"] + (["plan_vit.json"] if "vit" in summary else [])
         print(f"\nwrote {', '.join(f'{args.out}/{f}' for f in files)}")
+    if "report" in summary and not args.json:  # under --json: summary["report"]
+        report = summary["report"]
+        path = os.path.join(args.out, report["file"])
+        print(f"report: {path} (built in {report['seconds']:.1f} s)")
     vit_ok = "vit" not in summary or summary["vit"]["equivalence"]["passed"]
     return 0 if summary["equivalence"]["passed"] and vit_ok else CHECK_FAILED
 

@@ -136,7 +136,8 @@ def test_demo_cnn_discover_beside_hesse(demo_run: tuple[dict, str, Path]) -> Non
 def test_demo_summary_round_trips_as_json(demo_run: tuple[dict, str, Path]) -> None:
     summary, _, out = demo_run
     assert json.loads(json.dumps(summary)) == summary
-    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "plan_vit.json", "summary.json"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["plan.json", "plan_vit.json", "report.html", "summary.json"]
 
 
 def test_vit_table_when_a_layer_type_split_nothing() -> None:

@@ -28,7 +28,7 @@ from ..stats import ScanResult, scan
 from ._threads import demo_threads
 from .data import digits_loader, load_digits
 from .model import DEMO_LAYER, get_demo_model
-from .vit_pipeline import cnn_vs_discover, run_vit_demo
+from .vit_pipeline import cnn_vs_discover, run_vit_demo, vit_in_background
 
 __all__ = ["run_demo", "format_table", "demo_plan"]
 
@@ -72,6 +72,7 @@ def run_demo(
     gamma: float = 0.5,
     progress: bool = True,
     unsupervised: bool = True,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run the whole pipeline on the embedded digits models and write ``summary.json``.
 
@@ -91,6 +92,9 @@ def run_demo(
         Also run ELUDe's ``discover``: on the demo ViT (:func:`~.vit_pipeline.run_vit_demo`,
         ``summary["vit"]``, ``DIR/plan_vit.json``) and on the CNN units Hesse's plan split
         (:func:`~.vit_pipeline.cnn_vs_discover`, ``summary["cnn_vs_discover"]``).
+    report : bool, default True
+        Also write ``DIR/report.html`` (:func:`neuronsplit.report`: both splits, the first
+        units of each, on the test digits); ``summary["report"]`` gives its file and seconds.
 
     Returns
     -------
@@ -111,15 +115,48 @@ def run_demo(
     check_number(p, "p", low=0.0, high=1.0, low_open=True)
     check_number(gamma, "gamma", low=-1.0, high=1.0)
     check_bool(progress, "progress")
+    check_bool(report, "report")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with demo_threads():
+    # the ViT trains (if the cache lacks it) while the CNN half runs
+    with demo_threads(), vit_in_background(cache_dir, enabled=unsupervised, progress=progress):
         summary = _run_demo(out, cache_dir, top, tau, p, gamma, progress, unsupervised)
+        if report:
+            summary["report"] = _write_report(out, cache_dir, summary, progress)
     summary["seconds"] = time.perf_counter() - start
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "plan.json").write_text(json.dumps(summary["plan"]))  # plan.to_json()
     return summary
+
+
+def _write_report(
+    out: Path, cache_dir: str | os.PathLike | None, summary: dict[str, Any], progress: bool
+) -> dict[str, Any]:
+    """``DIR/report.html``: the CNN's Hesse split and the ViT's discovered one, 3 units each."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ..reporting import report_part, write_report
+
+    start = time.perf_counter()
+    test = load_digits("test")
+    loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=256)
+    common = {"max_units": 3, "feature_steps": 128, "data": f"the {len(test)} test digits",
+              "progress": progress}  # fmt: skip
+    plan = SplitPlan.from_dict(summary["plan"])
+    parts = [report_part(get_demo_model(cache_dir, progress=False), plan, loader, prefix="cnn",
+                         title="CNN: Hesse et al.'s labelled split", model_name=summary["model"],
+                         **common)]  # fmt: skip
+    if "vit" in summary:
+        from .vit import get_demo_vit
+
+        parts.append(report_part(
+            get_demo_vit(cache_dir, progress=False), SplitPlan.load(out / "plan_vit.json"),
+            loader, prefix="vit", title="ViT: ELUDe's discover (no labels)",
+            model_name=summary["vit"]["model"], **common,
+        ))  # fmt: skip
+    write_report(out / "report.html", parts, title="neuronsplit demo report")
+    return {"file": "report.html", "seconds": time.perf_counter() - start}
 
 
 def _run_demo(
