@@ -8,7 +8,7 @@ alternate (order swapped every round) and the medians are reported with their ra
 time of the demo process is printed too (on a shared machine it moves less than wall time).
 
 ``--threads`` compares thread settings: ``demo`` is what the demo sets itself (one torch thread,
-:mod:`neuronsplit.demo._threads`; the ViT trains in a second Python thread while the CNN half
+:mod:`neuronsplit.demo._threads`; the ViT trains in a forked process while the CNN half
 runs), an integer N makes the demo run on N torch threads instead (2 is torch's default on a
 2-core machine). ``--no-report`` times the demo without its HTML report. ``--pythonpath DIR`` runs the demo from another source
 tree, e.g. an earlier commit's ``src`` (``mkdir /tmp/old && git archive HEAD~1 src | tar -x -C

@@ -153,6 +153,20 @@ def test_background_does_nothing_when_cached(cached: tuple[DigitsViT, Path]) -> 
         assert _same_weights(get_demo_vit(cache), model)
 
 
+def test_background_job_runs_in_its_own_process_where_fork_exists(tmp_path: Path) -> None:
+    """A thread would share the interpreter lock with the demo's own Python work (the demo
+    models are small enough for Python dispatch to dominate); a forked child does not."""
+    import multiprocessing
+    import os
+
+    path = tmp_path / "pid.txt"
+    with _background.in_background(path, lambda: path.write_text(str(os.getpid()))):
+        _background.wait_for_background(path)
+        assert not _background._PENDING  # the finished job is forgotten
+    forks = "fork" in multiprocessing.get_all_start_methods()
+    assert (int(path.read_text()) != os.getpid()) == forks
+
+
 def test_failed_background_job_leaves_the_reader_to_train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

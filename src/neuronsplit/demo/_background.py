@@ -1,12 +1,19 @@
-"""Training a demo model's cache file in a background thread while the demo goes on.
+"""Training a demo model's cache file in the background while the demo goes on.
 
 The demo models are trained on one torch thread each (:mod:`neuronsplit.demo._threads`); on a
 machine with two cores the ViT can train while the CNN half of the demo runs. Whoever reads the
-cache file first waits for the thread that writes it (:func:`wait_for_background`).
+cache file first waits for the job that writes it (:func:`wait_for_background`).
+
+The job runs in a forked process where the platform has ``fork`` (Linux), else in a thread.
+A thread shares the interpreter lock with the demo's own Python work: the tiny demo models
+spend most of their time in Python dispatch, so the two halves slowed each other down
+(cold demo 26.4 s with a thread; ``benchmarks/demo_time.py``). A forked child needs no new
+imports and inherits the untrained model; it writes the cache file atomically and exits.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,8 +21,11 @@ from pathlib import Path
 
 __all__ = ["in_background", "wait_for_background"]
 
-_PENDING: dict[Path, threading.Thread] = {}
+_PENDING: dict[Path, threading.Thread | multiprocessing.process.BaseProcess] = {}
 _LOCK = threading.Lock()
+#: a background job that has not written its file after this many seconds is stopped, and
+#: the reader trains the model itself (a forked child that hangs must not hang the demo)
+TIMEOUT_S = 600.0
 
 
 def _quietly(job: Callable[[], object]) -> None:
@@ -27,10 +37,19 @@ def _quietly(job: Callable[[], object]) -> None:
         pass
 
 
+def _worker(job: Callable[[], object], name: str) -> threading.Thread | multiprocessing.Process:
+    """A forked process where ``fork`` exists (nothing to pickle, no imports), else a thread."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork").Process(
+            target=_quietly, args=(job,), name=name, daemon=True
+        )
+    return threading.Thread(target=_quietly, args=(job,), name=name, daemon=True)
+
+
 @contextmanager
 def in_background(path: Path, job: Callable[[], object]) -> Iterator[None]:
-    """Run ``job`` (which writes ``path``) in a thread for the duration of the block; leaving
-    the block waits for it, so no thread outlives the demo's thread settings.
+    """Run ``job`` (which writes ``path``) in a forked process (or a thread) for the duration
+    of the block; leaving the block waits for it, so no job outlives the demo's settings.
 
     Examples
     --------
@@ -41,10 +60,10 @@ def in_background(path: Path, job: Callable[[], object]) -> Iterator[None]:
     ...     path.read_text()
     'weights'
     """
-    thread = threading.Thread(target=_quietly, args=(job,), name=f"train {path.name}")
+    worker = _worker(job, f"train {path.name}")
     with _LOCK:
-        _PENDING[path] = thread
-    thread.start()
+        _PENDING[path] = worker
+    worker.start()
     try:
         yield
     finally:
@@ -54,9 +73,13 @@ def in_background(path: Path, job: Callable[[], object]) -> Iterator[None]:
 def wait_for_background(path: Path) -> None:
     """Wait until no background job is writing ``path`` (returns at once if none is)."""
     with _LOCK:
-        thread = _PENDING.get(path)
-    if thread is not None and thread is not threading.current_thread():
-        thread.join()
-        with _LOCK:
-            if _PENDING.get(path) is thread:
-                del _PENDING[path]
+        worker = _PENDING.get(path)
+    if worker is None or worker is threading.current_thread():
+        return
+    worker.join(TIMEOUT_S)
+    if isinstance(worker, multiprocessing.process.BaseProcess) and worker.is_alive():
+        worker.terminate()  # the reader then finds no file and trains the model itself
+        worker.join()
+    with _LOCK:
+        if _PENDING.get(path) is worker:
+            del _PENDING[path]

@@ -8,9 +8,9 @@ Measured on a 2-core machine shared with other jobs (load about 7): training the
 trained weights independent of the machine's core count, so the demo prints the same figures
 everywhere (the README's sample output is checked against them by a test).
 
-A cold demo trains the ViT in a second Python thread (also one torch thread) while the CNN half
-runs (:func:`~neuronsplit.demo.vit.demo_vit_in_background`): two threads on two cores, each
-model's figures still computed on one torch thread.
+A cold demo trains the ViT in a forked process (a thread where there is no ``fork``; also one
+torch thread) while the CNN half runs (:func:`~neuronsplit.demo.vit.demo_vit_in_background`):
+two workers on two cores, each model's figures still computed on one torch thread.
 """
 
 from __future__ import annotations

@@ -119,44 +119,63 @@ def run_demo(
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # the ViT trains (if the cache lacks it) while the CNN half runs
+    # the ViT trains (if the cache lacks it) while the CNN half runs, and its report part too
     with demo_threads(), vit_in_background(cache_dir, enabled=unsupervised, progress=progress):
         summary = _run_demo(out, cache_dir, top, tau, p, gamma, progress, unsupervised)
-        if report:
-            summary["report"] = _write_report(out, cache_dir, summary, progress)
+        report_parts = _ReportParts(out, cache_dir, progress) if report else None
+        if report_parts is not None:
+            report_parts.add_cnn(summary)
+        if unsupervised:
+            summary["vit"] = run_vit_demo(out, cache_dir=cache_dir, progress=progress)
+            if report_parts is not None:
+                report_parts.add_vit(summary)
+        if report_parts is not None:
+            summary["report"] = report_parts.write()
     summary["seconds"] = time.perf_counter() - start
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "plan.json").write_text(json.dumps(summary["plan"]))  # plan.to_json()
     return summary
 
 
-def _write_report(
-    out: Path, cache_dir: str | os.PathLike | None, summary: dict[str, Any], progress: bool
-) -> dict[str, Any]:
-    """``DIR/report.html``: the CNN's Hesse split and the ViT's discovered one, 3 units each."""
-    from torch.utils.data import DataLoader, TensorDataset
+class _ReportParts:
+    """``DIR/report.html``, built part by part: the CNN's Hesse split (while the ViT may still
+    be training in the background) and the ViT's discovered one, 3 units each."""
 
-    from ..reporting import report_part, write_report
+    def __init__(self, out: Path, cache_dir: str | os.PathLike | None, progress: bool) -> None:
+        from torch.utils.data import DataLoader, TensorDataset
 
-    start = time.perf_counter()
-    test = load_digits("test")
-    loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=256)
-    common = {"max_units": 3, "feature_steps": 128, "data": f"the {len(test)} test digits",
-              "progress": progress}  # fmt: skip
-    plan = SplitPlan.from_dict(summary["plan"])
-    parts = [report_part(get_demo_model(cache_dir, progress=False), plan, loader, prefix="cnn",
-                         title="CNN: Hesse et al.'s labelled split", model_name=summary["model"],
-                         **common)]  # fmt: skip
-    if "vit" in summary:
+        self.out, self.cache_dir, self.parts, self.seconds = out, cache_dir, [], 0.0
+        test = load_digits("test")
+        self.loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=256)
+        self.common = {"max_units": 3, "feature_steps": 128, "progress": progress,
+                       "data": f"the {len(test)} test digits"}  # fmt: skip
+
+    def _add(self, model: torch.nn.Module, plan: SplitPlan, **options: Any) -> None:
+        from ..reporting import report_part
+
+        start = time.perf_counter()
+        self.parts.append(report_part(model, plan, self.loader, **options, **self.common))
+        self.seconds += time.perf_counter() - start
+
+    def add_cnn(self, summary: dict[str, Any]) -> None:
+        model = get_demo_model(self.cache_dir, progress=False)
+        self._add(model, SplitPlan.from_dict(summary["plan"]), prefix="cnn",
+                  title="CNN: Hesse et al.'s labelled split", model_name=summary["model"])  # fmt: skip
+
+    def add_vit(self, summary: dict[str, Any]) -> None:
         from .vit import get_demo_vit
 
-        parts.append(report_part(
-            get_demo_vit(cache_dir, progress=False), SplitPlan.load(out / "plan_vit.json"),
-            loader, prefix="vit", title="ViT: ELUDe's discover (no labels)",
-            model_name=summary["vit"]["model"], **common,
-        ))  # fmt: skip
-    write_report(out / "report.html", parts, title="neuronsplit demo report")
-    return {"file": "report.html", "seconds": time.perf_counter() - start}
+        model = get_demo_vit(self.cache_dir, progress=False)
+        self._add(model, SplitPlan.load(self.out / "plan_vit.json"), prefix="vit",
+                  title="ViT: ELUDe's discover (no labels)", model_name=summary["vit"]["model"])  # fmt: skip
+
+    def write(self) -> dict[str, Any]:
+        """Write the file; its ``seconds`` are the parts' and the writing's, not the waits."""
+        from ..reporting import write_report
+
+        start = time.perf_counter()
+        write_report(self.out / "report.html", self.parts, title="neuronsplit demo report")
+        return {"file": "report.html", "seconds": self.seconds + time.perf_counter() - start}
 
 
 def _run_demo(
@@ -221,9 +240,8 @@ def _run_demo(
         },
         "plan": json.loads(plan.to_json()),
     }
-    if unsupervised:
+    if unsupervised:  # the ViT half follows in run_demo, after the CNN's report part
         summary["cnn_vs_discover"] = cnn_vs_discover(model, plan, DEMO_LAYER, progress=progress)
-        summary["vit"] = run_vit_demo(out, cache_dir=cache_dir, progress=progress)
     return summary
 
 

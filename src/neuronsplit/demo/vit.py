@@ -207,13 +207,14 @@ def get_demo_vit(
 def demo_vit_in_background(
     cache_dir: str | os.PathLike | None = None, *, progress: bool = False
 ) -> AbstractContextManager[None]:
-    """Within the block, train the demo ViT into the cache in a background thread, if the
-    cache lacks it; :func:`get_demo_vit` waits for it, and so does leaving the block.
+    """Within the block, train the demo ViT into the cache in the background (a forked
+    process, or a thread where there is no ``fork``: :mod:`neuronsplit.demo._background`), if
+    the cache lacks it; :func:`get_demo_vit` waits for it, and so does leaving the block.
 
-    ``neuronsplit demo`` trains the ViT while the CNN half runs (two threads of one torch
+    ``neuronsplit demo`` trains the ViT while the CNN half runs (two workers of one torch
     thread each: on two cores the demo's wall time drops by the CNN half's). The untrained
     model is drawn here, in the caller's thread, so the weights are the same as
-    :func:`train_demo_vit`'s whatever the other thread does with torch's global generator.
+    :func:`train_demo_vit`'s whatever the caller does with torch's global generator.
 
     Examples
     --------
