@@ -292,13 +292,14 @@ def test_image_shape_and_normalisation_come_from_a_timm_model() -> None:
         ({"lr": 0}, InvalidArgumentError, "lr must be in"),
         ({"seed": -1}, InvalidArgumentError, "seed must be >= 0"),
         ({"refs": ["fc9/u0"]}, UnknownLayerError, "no layer 'fc9'"),
-        ({"refs": ["fc2/u9"]}, InvalidArgumentError, "unit 9 does not exist"),
+        ({"refs": ["fc2/u9"]}, UnknownSubunitError, r"unit 9 .* has 6 units \(0..5\)"),
         ({"refs": ["fc2/u0/k7"]}, UnknownSubunitError, "k=7"),
-        ({"refs": ["fc1/u0/k0"]}, UnknownSubunitError, "no split layer 'fc1'"),
+        ({"refs": ["fc1/u0/k1"]}, UnknownSubunitError, "not split, so 'fc1/u0/k1' does not exist"),
         ({"refs": ["act3/u0"]}, ns.errors.UnsupportedLayerError, "ReLU"),
-        ({"refs": ["fc2/u0", "fc2/u0"]}, InvalidArgumentError, "more than once"),
+        ({"refs": ["fc2/u0", ("fc2", 0)]}, InvalidArgumentError, r"lists \['fc2/u0'\] more"),
         ({"refs": "not a ref"}, UnknownSubunitError, "cannot parse"),
-        ({"refs": []}, ArgumentTypeError, "non-empty list"),
+        ({"refs": []}, InvalidArgumentError, "refs is empty"),
+        ({"refs": {"fc2/u0"}}, ArgumentTypeError, "refs must be a reference or a list"),
         ({"image_shape": None}, InvalidArgumentError, "image_shape is required"),
         ({"image_shape": (1, 8)}, ArgumentTypeError, r"\(C, H, W\)"),
         ({"image_shape": (1, 12, 12)}, InputShapeError, r"image_shape \(1, 12, 12\)"),
@@ -324,8 +325,19 @@ def test_units_of_an_unsplit_model_but_no_subunits() -> None:
     fv = visualise(model, ["conv1/u3", ("fc2", 1)], image_shape=DIGIT, steps=32, progress=False)
     assert fv.names == ["conv1/u3", "fc2/u1"]
     assert fv.activation("fc2/u1") == float(fv.activations[1])
-    with pytest.raises(UnknownSubunitError, match="run neuronsplit.apply_plan first"):
-        visualise(model, ["fc2/u1/k0"], image_shape=DIGIT, steps=2, progress=False)
+    # k0 of a unit that is not split is the unit (SubunitRef's rule): its output, not .subunits
+    k0 = visualise(model, "fc2/u1/k0", image_shape=DIGIT, steps=2, progress=False)
+    assert k0.names == ["fc2/u1/k0"]
+    seen: list[Tensor] = []
+    hook = model.fc2.register_forward_hook(lambda m, a, o: seen.append(o))
+    try:
+        with torch.no_grad():
+            model(k0.model_input())
+    finally:
+        hook.remove()
+    assert k0.activation("fc2/u1/k0") == pytest.approx(float(seen[0][0, 1]), rel=1e-5)
+    with pytest.raises(UnknownSubunitError, match="apply a plan that splits it"):
+        visualise(model, ["fc2/u1/k1"], image_shape=DIGIT, steps=2, progress=False)
 
 
 # ---------------------------------------------------------------- the parts, against hand values

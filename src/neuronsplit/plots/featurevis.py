@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from .._checks import check_number
 from ..errors import ArgumentTypeError, InvalidArgumentError
-from .figures import new_figure
+from .figures import bare_axes, new_figure
 
 __all__ = ["featurevis_figure"]
 
@@ -90,10 +90,7 @@ def featurevis_figure(result: Any, *, size: float = 1.2, title: str | None = Non
     for r, (unit, cells) in enumerate(rows.items()):
         for c in range(cols):
             ax = axes[r * cols + c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            bare_axes(ax)
             if c == 0:
                 ax.set_ylabel(unit.replace("/u", "\nunit "), fontsize=8)
             if c >= len(cells):

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from .._checks import check_int
 from ..errors import ArgumentTypeError, InvalidArgumentError
 
-__all__ = ["new_figure", "save", "FORMATS"]
+__all__ = ["new_figure", "bare_axes", "save", "FORMATS"]
 
 #: file formats :func:`save` writes
 FORMATS = (".png", ".svg")
@@ -41,6 +41,22 @@ def new_figure(
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, [ax for row in axes for ax in row]
+
+
+def bare_axes(ax: Axes) -> None:
+    """Hide the ticks and spines of ``ax``: an image cell of a grid, or an empty one.
+
+    Examples
+    --------
+    >>> _, (ax,) = new_figure()
+    >>> bare_axes(ax)
+    >>> list(ax.get_xticks()), any(s.get_visible() for s in ax.spines.values())
+    ([], False)
+    """
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:

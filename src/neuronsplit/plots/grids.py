@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from .._checks import check_int
 from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..evaluation import Evaluation
-from .figures import new_figure
+from .figures import bare_axes, new_figure
 
 __all__ = ["image_grid", "reference_grid", "as_display_image"]
 
@@ -88,10 +88,7 @@ def image_grid(
     for r, (name, indices) in enumerate(rows.items()):
         for c in range(cols):
             ax = axes[r * cols + c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            bare_axes(ax)
             if c == 0:
                 ax.set_ylabel(str(name), fontsize=8)
             if c >= len(indices):

@@ -21,19 +21,12 @@ from matplotlib.figure import Figure
 
 from .._checks import check_bool, check_int, check_number
 from ..errors import ArgumentTypeError, InvalidArgumentError
-from .figures import new_figure
+from .figures import bare_axes, new_figure
 from .grids import as_display_image
 
 __all__ = ["reference_figure"]
 
 _NOTE_CHARS = 48  # a row label shows this much of a reference's note
-
-
-def _bare(ax: Axes) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
 
 
 def _display(image: Any) -> np.ndarray:
@@ -64,7 +57,7 @@ def _draw(ax: Axes, ref: Any, overlay: bool, fig: Figure, opts: dict[str, Any]) 
     else:  # no map, or an all-zero one (Captum cannot normalise it): the crop alone
         ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
         ax.set_title(title, fontsize=7)
-    _bare(ax)
+    bare_axes(ax)
 
 
 def reference_figure(
@@ -140,7 +133,7 @@ def reference_figure(
             if c < len(refs):
                 _draw(ax, refs[c], heatmap, fig, opts)
             else:
-                _bare(ax)
+                bare_axes(ax)
             if c == 0:
                 note = notes.get(name, "") if isinstance(notes, Mapping) else ""
                 if note:  # short and wrapped, so it stays beside its own row

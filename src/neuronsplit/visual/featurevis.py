@@ -47,10 +47,10 @@ from torch import Tensor, nn
 
 from .._checks import check_bool, check_choice, check_int, check_module, check_number
 from .._progress import progress_bar
-from ..attribution import SubunitRef
 from ..errors import ArgumentTypeError, InputShapeError, InvalidArgumentError
 from .fourier import ImageParam
-from .objectives import Target, infer_image_shape, model_outputs, resolve_targets
+from .objectives import Objective, infer_image_shape, model_outputs
+from .targets import resolve_targets
 from .transforms import Transforms, apply_affine
 
 __all__ = ["visualise", "FeatureVisualisation"]
@@ -100,16 +100,6 @@ def _normalise(images: Tensor, mean: Sequence[float] | None, std: Sequence[float
     m = torch.tensor(mean, dtype=images.dtype, device=images.device)[None, :, None, None]
     s = torch.tensor(std, dtype=images.dtype, device=images.device)[None, :, None, None]
     return (images - m) / s
-
-
-def _check_refs(refs: Any) -> list[Any]:
-    items = [refs] if isinstance(refs, (str, SubunitRef)) else refs
-    if not isinstance(items, (list, tuple)) or not items:
-        raise ArgumentTypeError(
-            "refs must be a non-empty list of references like ['fc2/u3', 'fc2/u3/k0'], got "
-            f"{type(refs).__name__} {refs!r}"
-        )
-    return list(items)
 
 
 def _check_shape(model: nn.Module, image_shape: Any) -> tuple[int, int, int]:
@@ -167,9 +157,11 @@ def visualise(
     ----------
     model : nn.Module
         A split model (units, subunits and residuals) or any model (units only). Not modified.
-    refs : sequence
-        References: ``"layer/u3"`` (a unit), ``"layer/u3/k0"`` / ``"layer/u3/residual"`` (a
-        subunit of a split layer), :class:`~neuronsplit.SubunitRef` or ``(layer, unit, k)``.
+    refs : reference or sequence of references
+        Units (``"layer/u3"``, ``("layer", 3)``), subunits of a split layer (``"layer/u3/k0"``,
+        ``"layer/u3/residual"``, a :class:`~neuronsplit.SubunitRef`, ``(layer, unit, k)``);
+        every spelling is listed in :mod:`neuronsplit.visual.targets`, shared with
+        :func:`~neuronsplit.visual.reference_images`.
     image_shape : (C, H, W), optional
         Read from a timm model (``patch_embed.img_size`` and its input channels, else
         ``pretrained_cfg["input_size"]``); required otherwise.
@@ -198,15 +190,16 @@ def visualise(
 
     Raises
     ------
-    UnknownSubunitError, UnknownLayerError
-        A reference the model does not contain.
+    UnknownSubunitError, UnknownLayerError, UnsupportedLayerError
+        A reference the model does not contain (the errors of
+        :func:`~neuronsplit.visual.reference_images` for the same ``refs``).
     InvalidArgumentError, ArgumentTypeError
-        Bad settings, or no ``image_shape`` where the model does not carry one.
+        Bad settings, empty or repeated ``refs``, or no ``image_shape`` where the model does
+        not carry one.
     InputShapeError
         The model fails on an input of ``image_shape`` (its own error is chained).
     """
     check_module(model)
-    items = _check_refs(refs)
     steps = check_int(steps, "steps", low=1)  # type: ignore[assignment]
     lr = check_number(lr, "lr", low=0, low_open=True)
     seed = check_int(seed, "seed", low=0)  # type: ignore[assignment]
@@ -216,7 +209,7 @@ def visualise(
     check_choice(position, "position", ("mean", "centre"))
     shape = _check_shape(model, image_shape)
     mean_t, std_t = _norm_from_model(model, mean, std, shape[0])
-    targets = resolve_targets(model, items, position)
+    targets = [Objective.of(model, t, position) for t in resolve_targets(model, refs)]
     names = [t.name for t in targets]
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
@@ -250,7 +243,7 @@ def visualise(
 
 
 def _optimise(
-    model: nn.Module, targets: list[Target], param: ImageParam, steps: int, lr: float,
+    model: nn.Module, targets: list[Objective], param: ImageParam, steps: int, lr: float,
     seeds: list[int], transforms: bool, mean: Any, std: Any, dtype: torch.dtype, progress: bool,
 ) -> Tensor:  # fmt: skip
     """Adam on the image parameters; returns the final images ``(n, C, H, W)`` in [0, 1]."""

@@ -37,12 +37,12 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_bool, check_choice, check_int, check_module
-from ..attribution import SubunitRef
 from ..capture import capture, eval_mode, model_device
-from ..errors import ArgumentTypeError, InvalidArgumentError
+from ..errors import ArgumentTypeError
 from ..stats import ScanResult
 from .receptive import Box, linearised_copy, patch_grid, receptive_boxes, token_box
-from .selection import Target, dataset_size, read_item, resolve_target, row_tensor, top_samples
+from .selection import dataset_size, read_item, row_tensor, top_samples
+from .targets import Target, resolve_targets
 
 __all__ = ["ReferenceImage", "ReferenceSet", "reference_images"]
 
@@ -226,28 +226,6 @@ def _notes(values: Tensor, k: int, by: str) -> str:
     return "; ".join(notes)
 
 
-def _check_refs(model: nn.Module, refs: Any) -> list[Target]:
-    # one reference, or a list of them; ("fc2", 3) and ("fc2", 3, 0) are one reference each
-    single = isinstance(refs, str | SubunitRef) or (
-        isinstance(refs, tuple) and len(refs) in (2, 3) and isinstance(refs[0], str)
-        and not isinstance(refs[1], str)
-    )  # fmt: skip
-    listed = [refs] if single else refs
-    if not isinstance(listed, Sequence) or isinstance(listed, bytes):
-        raise ArgumentTypeError(
-            f"refs must be a reference or a list of them like ['fc2/u3', 'fc2/u3/k0'], got "
-            f"{type(refs).__name__}"
-        )
-    if not listed:
-        raise InvalidArgumentError("refs is empty; name at least one unit or subunit")
-    targets = [resolve_target(model, r) for r in listed]
-    names = [t.name for t in targets]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise InvalidArgumentError(f"refs lists {dup} twice; give each reference once")
-    return targets
-
-
 def reference_images(
     model: nn.Module, dataset: Any, refs: Any, *, by: str = "activation", k: int = 8,
     scan: ScanResult | None = None, crop: bool = True, heatmap: bool = False,
@@ -264,9 +242,10 @@ def reference_images(
         ``(N, C, H, W)`` images, or items that are images or ``(image, label, ...)`` tuples;
         indices are positions in it (the order a scan's loader went through it).
     refs : reference or sequence of references
-        ``"layer/u3"`` / ``("layer", 3)`` (the unit), ``"layer/u3/k0"``,
-        ``"layer/u3/residual"``, a :class:`~neuronsplit.SubunitRef` or ``(layer, unit, k)``.
-        ``k0`` of a unit that is not split is the unit.
+        Units (``"layer/u3"``, ``("layer", 3)``), subunits (``"layer/u3/k0"``,
+        ``"layer/u3/residual"``, a :class:`~neuronsplit.SubunitRef`, ``(layer, unit, k)``);
+        every spelling is listed in :mod:`neuronsplit.visual.targets`, shared with
+        :func:`~neuronsplit.visual.visualise`.
     by : {"activation", "relevance"}
         ``"activation"``: the row's largest value over positions / tokens. ``"relevance"``: its
         grad x activation for the target logit (``coef * row * dy/dz_unit``, summed over
@@ -311,7 +290,7 @@ def reference_images(
         raise ArgumentTypeError(f"scan must be a ScanResult or None, got {type(scan).__name__}")
     if not isinstance(dataset, Tensor) and not hasattr(dataset, "__getitem__"):
         dataset_size(dataset)  # raises the ArgumentTypeError that names the accepted forms
-    targets = _check_refs(model, refs)
+    targets = resolve_targets(model, refs)
     found = {t.name: hit for t in targets if (hit := _from_scan(scan, t, by, k, target))}
     rest = [t for t in targets if t.name not in found]
     if rest:

@@ -1,149 +1,41 @@
-"""Choosing reference images: which row a reference names, and its top samples in one pass.
+"""Reference images' top samples: every requested row ranked in one pass over a dataset.
 
-A reference names a *row* of a layer output (:class:`Target`): a unit (``"layer/u3"``,
-``("layer", 3)``, or ``"layer/u3/k0"`` of a unit that is not split), a subunit
-(``"layer/u3/k1"``) or a residual (``"layer/u3/residual"``) of a split layer, read from its
-``.subunits`` child in the plan's form (:func:`~neuronsplit.attribution.subunit_rows`).
-:func:`top_samples` ranks the samples of a dataset for every requested row in one pass, by
-the row's largest value over positions / tokens or by its grad x activation relevance for the
-target logit, exactly as the scan's :class:`~neuronsplit.stats.TopN` reservoirs do (which it
-uses to keep them: same positions, same ties to the smaller sample index).
+The rows are :class:`~neuronsplit.visual.targets.Target` objects (what a reference names, as
+:mod:`~neuronsplit.visual.targets` parses it). :func:`top_samples` ranks the samples of a dataset for
+every requested row in one pass, by the row's largest value over positions / tokens or by its
+grad x activation relevance for the target logit, exactly as the scan's
+:class:`~neuronsplit.stats.TopN` reservoirs do (which it uses to keep them: same positions, same
+ties to the smaller sample index).
 
 Examples
 --------
+>>> import torch
 >>> from torch import nn
+>>> from neuronsplit.visual.targets import resolve_targets
 >>> net = nn.Sequential(nn.Linear(3, 2))
->>> resolve_target(net, "0/u1")
-Target(name='0/u1', layer='0', unit=1, subunit=None, channels=(), coef=1.0, kind='linear')
+>>> x = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1]])
+>>> values, index, _ = top_samples(net, x, resolve_targets(net, "0/u1"), by="activation",
+...                                k=2, progress=False)["0/u1"]
+>>> index.tolist() == net(x)[:, 1].argsort(descending=True)[:2].tolist()
+True
 """
 
 from __future__ import annotations
 
-import operator
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._progress import progress_bar
-from ..attribution import SubunitRef, subunit_rows
-from ..capture import capture, eval_mode, is_split_layer, layer_kind, model_device, resolve_layer
-from ..errors import (
-    ArgumentTypeError,
-    InputShapeError,
-    InvalidArgumentError,
-    InvalidTargetError,
-    UnknownSubunitError,
-    UnsupportedLayerError,
-)
+from ..capture import capture, eval_mode, model_device
+from ..errors import ArgumentTypeError, InputShapeError, InvalidArgumentError, InvalidTargetError
 from ..stats import LayerBatch, TopN
 from ..stats.batches import targets_of
+from .targets import Target
 
-__all__ = ["Target", "resolve_target", "dataset_size", "read_item", "row_tensor", "top_samples"]
-
-_UNIT = re.compile(r"^(?P<layer>.+)/u(?P<unit>\d+)(?:/unit)?$")
-
-
-@dataclass(frozen=True)
-class Target:
-    """One row to find reference images for.
-
-    Attributes
-    ----------
-    name : str
-        Its key in a :class:`~neuronsplit.visual.ReferenceSet`.
-    layer, unit : str, int
-        The layer (dotted name in the given model) and the original unit.
-    subunit : int or None
-        None for the unit itself (the layer's output), ``k`` or ``-1`` (residual) for a subunit.
-    channels : tuple of (int, float)
-        ``(channel, weight)`` pairs of ``.subunits`` that make up the subunit.
-    coef : float
-        Its coefficient in the merge (``-(K-1)`` for an overlap residual, else 1).
-    kind : {"conv2d", "linear"}
-    """
-
-    name: str
-    layer: str
-    unit: int
-    subunit: int | None
-    channels: tuple[tuple[int, float], ...]
-    coef: float
-    kind: str
-
-    @property
-    def reads_rows(self) -> bool:
-        """Whether the row is read from the split layer's ``.subunits`` output."""
-        return self.subunit is not None
-
-
-def _unit_target(model: nn.Module, layer: str, unit: Any, name: str) -> Target:
-    try:
-        if isinstance(unit, bool):
-            raise TypeError
-        unit = operator.index(unit)  # int, numpy ints, 0-d integer tensors
-    except TypeError:
-        raise UnknownSubunitError(
-            f"unit of reference {name!r} must be an int, got {type(unit).__name__}"
-        ) from None
-    module = resolve_layer(model, layer)
-    if is_split_layer(module):
-        units, kind = int(module.original_out), layer_kind(module.subunits)
-    elif isinstance(module, nn.Conv2d | nn.Linear):
-        units = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-        kind = layer_kind(module)
-    else:
-        raise UnsupportedLayerError(
-            f"layer {layer!r} of reference {name!r} is a {type(module).__name__}; reference "
-            "images read the units of Conv2d and Linear layers (or split layers)"
-        )
-    if not 0 <= unit < units:
-        raise UnknownSubunitError(
-            f"unit {unit} of reference {name!r} does not exist: layer {layer!r} has {units} "
-            f"units (0..{units - 1})"
-        )
-    return Target(name, layer, int(unit), None, (), 1.0, kind)
-
-
-def resolve_target(model: nn.Module, ref: Any) -> Target:
-    """The :class:`Target` of a reference (see the module docstring for the spellings).
-
-    Raises
-    ------
-    UnknownSubunitError
-        A reference of no known form, a unit out of range, a subunit that does not exist
-        (also any ``k != 0`` on a layer or unit that is not split).
-    UnknownLayerError, UnsupportedLayerError
-        No such layer, or not a Conv2d / Linear / split layer.
-    """
-    if isinstance(ref, str) and (m := _UNIT.match(ref)):
-        return _unit_target(model, m["layer"], int(m["unit"]), f"{m['layer']}/u{m['unit']}")
-    if isinstance(ref, tuple) and len(ref) == 2:
-        layer, unit = ref
-        if not isinstance(layer, str) or not layer:
-            raise UnknownSubunitError(f"the layer of reference {ref!r} must be a dotted name")
-        return _unit_target(model, layer, unit, f"{layer}/u{unit}")
-    try:
-        sub = SubunitRef.coerce(ref)
-    except UnknownSubunitError as err:
-        raise UnknownSubunitError(f"{err}; a whole unit is 'layer/u3' or ('layer', 3)") from None
-    module = resolve_layer(model, sub.layer)
-    if is_split_layer(module) and sub.unit in module.split_units:
-        split, channels, coef = subunit_rows(model, sub)
-        return Target(
-            str(sub), sub.layer, sub.unit, sub.k, channels, coef, layer_kind(split.subunits)
-        )
-    if sub.k != 0:
-        raise UnknownSubunitError(
-            f"unit {sub.unit} of layer {sub.layer!r} is not split, so {str(sub)!r} does not "
-            f"exist; name the unit itself ('{sub.layer}/u{sub.unit}') or apply a plan that "
-            "splits it (ns.apply_plan)"
-        )
-    return _unit_target(model, sub.layer, sub.unit, str(sub))
-
+__all__ = ["dataset_size", "read_item", "row_tensor", "top_samples"]
 
 # ------------------------------------------------------------------ the dataset
 
