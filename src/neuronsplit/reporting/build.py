@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +20,7 @@ from ..errors import ArgumentTypeError, InvalidArgumentError, UnknownSubunitErro
 from ..evaluation import Evaluation, evaluate
 from ..nn import apply_plan, plan_of
 from ..plan import SplitPlan
-from .data import first_images, gather
+from .data import check_loader, first_images, gather
 from .html import Section, figure_img, para, render, section_id
 from .sections import VIEWS, UnitContext, unit_section
 from .summary import (
@@ -97,7 +98,11 @@ def _chosen(order: list[tuple[str, int]], units: Any, max_units: int) -> list[tu
     for item in units:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise ArgumentTypeError(f"units must hold (layer, unit) pairs, got {item!r}")
-        key = (str(item[0]), int(item[1]))
+        try:
+            unit = operator.index(item[1])  # ints, numpy ints; not "3", 3.0 or True's cousins
+        except TypeError:
+            raise ArgumentTypeError(f"a unit must be an int, got {item[1]!r} in {item!r}") from None
+        key = (str(item[0]), unit)
         if key not in order:
             raise UnknownSubunitError(
                 f"unit {key[1]} of layer {key[0]!r} is not split by the plan; pick from "
@@ -138,6 +143,11 @@ def report_part(
     if plan is not None and not isinstance(plan, SplitPlan):
         raise ArgumentTypeError(f"plan must be a SplitPlan, got {type(plan).__name__}")
     plan = plan if plan is not None else plan_of(split)
+    check_loader(loader)
+    # every option is checked before the evaluation, not after it
+    order = _order(plan)
+    chosen = _chosen(order, units, max_units)
+    scan = _scan_result(scan)
     # read the first images before anything else: an empty loader fails here, nothing written
     images, image_labels = first_images(loader, sample)
     sid = lambda *p: section_id(prefix, *p)  # noqa: E731
@@ -150,8 +160,6 @@ def report_part(
     if split is None:
         split = apply_plan(model, plan)
     evaluation = evaluate(model, split, loader, plan, labels=labels, k=k, progress=progress)
-    order = _order(plan)
-    chosen = _chosen(order, units, max_units)
     groups = unit_groups(evaluation)
     ctx_args = dict(model=model, split=split, evaluation=evaluation,
                     images=images, labels=image_labels if labels else None,
@@ -195,12 +203,26 @@ def report_part(
                       list(evaluation.notes), evaluation, prefix)  # fmt: skip
 
 
+def _scan_result(scan: Any) -> Any:
+    """``scan`` as a ScanResult (read from its file), or None."""
+    if scan is None:
+        return None
+    from ..stats import ScanResult
+
+    if isinstance(scan, ScanResult):
+        return scan
+    if not isinstance(scan, (str, os.PathLike)):
+        raise ArgumentTypeError(
+            f"scan must be a ScanResult or the path of its file, got {type(scan).__name__}"
+        )
+    return ScanResult.load(scan)
+
+
 def _scan_section(sid: str, scan: Any, plan: SplitPlan) -> Section:
     """Hesse et al.'s candidate pairs of the scan: the histogram of their ARV cosines."""
     from ..plots import cosine_histogram
-    from ..stats import ScanResult
 
-    result = scan if isinstance(scan, ScanResult) else ScanResult.load(scan)
+    result = scan
     gamma = next((u.get("gamma") for u in plan.meta.get("units", ()) or ()), None) or 0.5
     layers = [name for name in plan.layers if name in result.layers] or None
     fig = cosine_histogram(result, gamma=float(gamma), layers=layers)

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
-from ..errors import InputShapeError
+from ..errors import InputShapeError, InvalidArgumentError
 from ..stats.batches import split_batch
 
-__all__ = ["Gathered", "gather", "first_images", "sequential_dataset"]
+__all__ = ["Gathered", "gather", "first_images", "sequential_dataset", "check_loader"]
 
 
 class Gathered(Mapping[int, Tensor]):
@@ -55,6 +55,33 @@ def sequential_dataset(loader: Any) -> Any | None:
     if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, SequentialSampler):
         return None
     return loader.dataset
+
+
+def check_loader(loader: Any) -> None:
+    """Refuse a loader that cannot give the same images in the same order twice.
+
+    The report reads the loader more than once (the evaluation, then the images it names by
+    position), so a one-shot iterator would be exhausted and a shuffling ``DataLoader`` would
+    show other images than the ones measured.
+
+    Examples
+    --------
+    >>> check_loader(iter([torch.zeros(2, 3)]))
+    Traceback (most recent call last):
+    ...
+    neuronsplit.errors.InvalidArgumentError: loader is a one-shot iterator (list_iterator) ...
+    """
+    if iter(loader) is loader:
+        raise InvalidArgumentError(
+            f"loader is a one-shot iterator ({type(loader).__name__}) and the report reads it "
+            "more than once; pass a DataLoader (shuffle=False) or a list of batches"
+        )
+    if isinstance(loader, DataLoader) and not isinstance(loader.sampler, SequentialSampler):
+        raise InvalidArgumentError(
+            f"the DataLoader draws its images with a {type(loader.sampler).__name__}, so a "
+            "second pass would not give the images the evaluation measured; pass "
+            "shuffle=False (a SequentialSampler)"
+        )
 
 
 def _image(item: Any) -> Tensor:

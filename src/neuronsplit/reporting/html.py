@@ -185,13 +185,43 @@ COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 
 
 def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
-    """About ``n`` round tick values covering ``[lo, hi]``."""
+    """About ``n`` round tick values covering ``[lo, hi]``: none if an end is not finite, the
+    two ends if ``hi - lo`` overflows (``math.log10`` of either would raise).
+
+    Examples
+    --------
+    >>> _ticks(0.0, 1.0), _ticks(0.0, float("inf")), _ticks(-1e308, 1e308)
+    ([0.0, 0.25, 0.5, 0.75, 1.0], [], [-1e+308, 1e+308])
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
     span = hi - lo or abs(hi) or 1.0
+    if not math.isfinite(span):
+        return [lo, hi]
     raw = span / n
     step = min(m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 2.5, 5, 10)
                 if m * 10 ** math.floor(math.log10(raw)) >= raw)  # fmt: skip
     first = math.ceil(lo / step) * step
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _finite_runs(x: Sequence[float], vals: Sequence[float]) -> list[list[tuple[float, float]]]:
+    """The points of one line with finite coordinates, split where a non-finite one was left
+    out (a line drawn across the gap would show values that were never there).
+
+    Examples
+    --------
+    >>> _finite_runs([0, 1, 2, 3], [1.0, float("nan"), 2.0, 3.0])
+    [[(0.0, 1.0)], [(2.0, 2.0), (3.0, 3.0)]]
+    """
+    runs: list[list[tuple[float, float]]] = [[]]
+    for a, b in zip(x, vals, strict=True):
+        a, b = float(a), float(b)
+        if math.isfinite(a) and math.isfinite(b):
+            runs[-1].append((a, b))
+        elif runs[-1]:
+            runs.append([])
+    return [r for r in runs if r]
 
 
 def svg_plot(
@@ -202,24 +232,39 @@ def svg_plot(
     """A small line plot as inline SVG: no image to encode, a few hundred bytes, drawn in
     microseconds (a matplotlib figure takes a few hundred milliseconds).
 
+    Points with a non-finite coordinate (inf, NaN) are left out and break their line; a line
+    without a finite point is not drawn and its legend entry says so. A ``ylim`` that is not
+    finite is ignored (the finite values set the range).
+
     Examples
     --------
     >>> svg = svg_plot([0, 1, 2], [("a<b", [0.0, 1.0, 4.0])], title="t", vline=1.0)
     >>> svg.startswith("<svg") and "a&lt;b" in svg and svg.count("<polyline") == 1
     True
+    >>> svg = svg_plot([0, 1, 2], [("a", [0.0, float("inf"), 4.0]), ("b", [float("nan")] * 3)])
+    >>> "inf" in svg or "nan" in svg, svg.count("<circle"), "b (no finite value)" in svg
+    (False, 2, True)
     """
-    ys = [v for _, vals in lines for v in vals]
-    lo, hi = ylim if ylim is not None else (min(ys, default=0.0), max(ys, default=1.0))
-    lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-12 else (lo, hi)
-    x0, x1 = min(x), max(x)
+    runs = [_finite_runs(x, vals) for _, vals in lines]
+    ys = [b for line in runs for run in line for _, b in run]
+    if ylim is None or not all(math.isfinite(v) for v in ylim):
+        ylim = (min(ys, default=0.0), max(ys, default=1.0))
+    lo, hi = ylim
+    if hi - lo < 1e-12:  # a flat line: a band around it (wide enough not to vanish in rounding)
+        pad = max(0.5, abs(hi) * 1e-3)
+        big = 1.7976931348623157e308  # the largest float: the band must stay finite
+        lo, hi = max(lo - pad, -big), min(hi + pad, big)
+    xs = [a for a in (float(v) for v in x) if math.isfinite(a)]
+    x0, x1 = min(xs, default=0.0), max(xs, default=1.0)
     left, right, top, bottom = 38, 6, 18 if title else 6, 28
     pw, ph = width - left - right, height - top - bottom
 
+    # halves: hi - lo overflows for ends near the largest float, hi / 2 - lo / 2 does not
     def px(v: float) -> float:
-        return left + (v - x0) / ((x1 - x0) or 1.0) * pw
+        return left + (v / 2 - x0 / 2) / ((x1 / 2 - x0 / 2) or 1.0) * pw
 
     def py(v: float) -> float:
-        return top + (hi - v) / (hi - lo) * ph
+        return top + (hi / 2 - v / 2) / (hi / 2 - lo / 2) * ph
 
     # inline SVG in HTML needs no xmlns: the document names no URL at all
     out = [f'<svg width="{width}" height="{height}" '
@@ -235,17 +280,24 @@ def svg_plot(
     if xlabel:
         out.append(f'<text x="{left + pw / 2}" y="{height - 3}" text-anchor="middle">'
                    f"{esc(xlabel)}</text>")  # fmt: skip
-    if vline is not None:
+    if vline is not None and math.isfinite(vline):
         out.append(f'<line x1="{px(vline):.1f}" x2="{px(vline):.1f}" y1="{top}" y2="{top + ph}" '
                    'stroke="#888" stroke-dasharray="2,2"/>')  # fmt: skip
-    for i, (name, vals) in enumerate(lines):
-        pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, vals, strict=True))
+    for i, ((name, _), line) in enumerate(zip(lines, runs, strict=True)):
         color = COLORS[i % len(COLORS)]
-        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.5">'
-                   f"<title>{esc(name)}</title></polyline>")  # fmt: skip
+        for run in line:
+            if len(run) == 1:  # a point between two gaps: a dot, a polyline would not show
+                a, b = run[0]
+                out.append(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="1.5" fill="{color}">'
+                           f"<title>{esc(name)}</title></circle>")  # fmt: skip
+                continue
+            pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in run)
+            out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" '
+                       f'stroke-width="1.5"><title>{esc(name)}</title></polyline>')  # fmt: skip
         if legend:
             y = top + 10 + 10 * i
-            out.append(f'<text x="{left + 4}" y="{y}" fill="{color}">{esc(name)}</text>')
+            label = name if line else f"{name} (no finite value)"
+            out.append(f'<text x="{left + 4}" y="{y}" fill="{color}">{esc(label)}</text>')
     return Raw("".join(out) + "</svg>")
 
 

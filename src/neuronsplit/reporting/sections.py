@@ -199,17 +199,26 @@ def steering_view(ctx: UnitContext) -> list[Raw]:
     else:  # the classes the subunits move most
         spread = sum(torch.as_tensor(c).amax(0) - torch.as_tensor(c).amin(0) for c in curves)
         classes = spread.argsort(descending=True)[:_MAX_STEER_CLASSES].tolist()
-    lo = min(float(c[:, classes].min()) for c in curves)
-    hi = max(float(c[:, classes].max()) for c in curves)
-    panels = []
+    # one y range for all panels, from the finite logits (a diverging model gives inf or NaN:
+    # svg_plot leaves those points out, and the note says so)
+    shown = np.concatenate([np.asarray(c, dtype=np.float64)[:, classes].ravel() for c in curves])
+    finite = shown[np.isfinite(shown)]
+    ylim = (float(finite.min()), float(finite.max())) if finite.size else None
+    panels, blank = [], []
     for i, (ref, logits) in enumerate(zip(refs, curves, strict=True)):
+        title = "residual" if ref[2] < 0 else f"subunit {ref[2]}"
         lines = [(f"class {c}", logits[:, c].tolist()) for c in classes]
-        panels.append(svg_plot(_ALPHAS, lines, title="residual" if ref[2] < 0 else
-                               f"subunit {ref[2]}", xlabel="alpha", ylim=(lo, hi), vline=1.0,
-                               legend=i == 0))  # fmt: skip
+        blank += [f"{title} class {c}" for c in classes if not np.isfinite(logits[:, c]).any()]
+        panels.append(svg_plot(_ALPHAS, lines, title=title, xlabel="alpha", ylim=ylim,
+                               vline=1.0, legend=i == 0))  # fmt: skip
+    notes = []
+    if finite.size < shown.size:
+        none = f"; no finite value at all: {', '.join(blank)}" if blank else ""
+        notes.append(note(f"Non-finite logits (inf or NaN): {shown.size - finite.size} of "
+                          f"{shown.size} points are not drawn{none}."))  # fmt: skip
     return [para(f"Mean logit over {len(inputs)} images of the classes shown, as each row is "
                  "scaled by alpha: 0 ablates it, 1 leaves the model unchanged.", "muted"),
-            Raw('<div class="figures">'), *panels, Raw("</div>")]  # fmt: skip
+            *notes, Raw('<div class="figures">'), *panels, Raw("</div>")]  # fmt: skip
 
 
 _RED_WHITE_GREEN = LinearSegmentedColormap.from_list("neg_pos", ["#d7191c", "#ffffff", "#1a9641"])
