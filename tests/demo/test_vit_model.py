@@ -167,6 +167,26 @@ def test_background_job_runs_in_its_own_process_where_fork_exists(tmp_path: Path
     assert (int(path.read_text()) != os.getpid()) == forks
 
 
+def test_a_failing_block_stops_the_forked_job(tmp_path: Path) -> None:
+    """An error in the demo's other half must not wait for the ViT's training to finish."""
+    import time
+
+    if not _background.forks():
+        pytest.skip("background jobs are threads here (no fork), which cannot be stopped")
+    path = tmp_path / "late.txt"
+
+    def slow() -> None:
+        time.sleep(120)
+        path.write_text("late")
+
+    with pytest.raises(RuntimeError, match="CNN half failed"):
+        with _background.in_background(path, slow):
+            worker = _background._PENDING[path]
+            raise RuntimeError("CNN half failed")
+    assert not worker.is_alive() and worker.exitcode is not None and worker.exitcode < 0
+    assert not path.exists() and not _background._PENDING
+
+
 def test_failed_background_job_leaves_the_reader_to_train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,7 +4,7 @@ The demo models are trained on one torch thread each (:mod:`neuronsplit.demo._th
 machine with two cores the ViT can train while the CNN half of the demo runs. Whoever reads the
 cache file first waits for the job that writes it (:func:`wait_for_background`).
 
-The job runs in a forked process where the platform has ``fork`` (Linux), else in a thread.
+The job runs in a forked process on Linux (:func:`forks`), else in a thread.
 A thread shares the interpreter lock with the demo's own Python work: the tiny demo models
 spend most of their time in Python dispatch, so the two halves slowed each other down
 (cold demo 26.4 s with a thread; ``benchmarks/demo_time.py``). A forked child needs no new
@@ -14,12 +14,13 @@ imports and inherits the untrained model; it writes the cache file atomically an
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["in_background", "wait_for_background"]
+__all__ = ["in_background", "wait_for_background", "forks"]
 
 _PENDING: dict[Path, threading.Thread | multiprocessing.process.BaseProcess] = {}
 _LOCK = threading.Lock()
@@ -37,13 +38,34 @@ def _quietly(job: Callable[[], object]) -> None:
         pass
 
 
-def _worker(job: Callable[[], object], name: str) -> threading.Thread | multiprocessing.Process:
-    """A forked process where ``fork`` exists (nothing to pickle, no imports), else a thread."""
-    if "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork").Process(
+def forks() -> bool:
+    """Whether background jobs run in a forked process: on Linux, and not inside a daemonic
+    process (which may not have children). macOS has ``fork`` too, but forking once torch and
+    Accelerate have started threads is unsafe there (why CPython spawns by default on it).
+
+    Examples
+    --------
+    >>> forks() == sys.platform.startswith("linux")
+    True
+    """
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
+
+
+def _start(job: Callable[[], object], name: str) -> threading.Thread | multiprocessing.Process:
+    """A started forked process (nothing to pickle, no imports) where :func:`forks`, and
+    where the fork itself fails (no memory, no process slots), else a thread."""
+    if forks():
+        process = multiprocessing.get_context("fork").Process(
             target=_quietly, args=(job,), name=name, daemon=True
         )
-    return threading.Thread(target=_quietly, args=(job,), name=name, daemon=True)
+        try:
+            process.start()
+            return process
+        except OSError:
+            pass  # a thread does the same work, only slower
+    thread = threading.Thread(target=_quietly, args=(job,), name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 @contextmanager
@@ -60,12 +82,16 @@ def in_background(path: Path, job: Callable[[], object]) -> Iterator[None]:
     ...     path.read_text()
     'weights'
     """
-    worker = _worker(job, f"train {path.name}")
+    worker = _start(job, f"train {path.name}")
     with _LOCK:
         _PENDING[path] = worker
-    worker.start()
     try:
         yield
+    except BaseException:
+        # the block failed (or Ctrl+C): stop a forked job rather than wait for its training
+        if isinstance(worker, multiprocessing.process.BaseProcess):
+            worker.terminate()
+        raise
     finally:
         wait_for_background(path)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -23,7 +24,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.nn import functional as F
 
 from .._checks import check_bool, check_int, check_number
-from ._background import in_background, wait_for_background
+from ._background import forks, in_background, wait_for_background
 from ._threads import demo_threads
 from .data import load_digits
 from .model import TrainResult, cached_weights, default_cache_dir, digits_accuracy, epoch_batches
@@ -155,16 +156,20 @@ def _fit(
         fused = [block.attn.fused_attn for block in model.blocks]
         for block in model.blocks:
             block.attn.fused_attn = False
-        batches = epoch_batches(n, batch_size, epochs, generator, "training the demo ViT", progress)
-        for idx in batches:
-            loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            schedule.step()
-        for block, was in zip(model.blocks, fused, strict=True):
-            block.attn.fused_attn = was
+        try:
+            batches = epoch_batches(
+                n, batch_size, epochs, generator, "training the demo ViT", progress
+            )
+            for idx in batches:
+                loss = F.cross_entropy(model(train.images[idx]), train.labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                schedule.step()
+        finally:
+            for block, was in zip(model.blocks, fused, strict=True):
+                block.attn.fused_attn = was
         acc = digits_accuracy(model, test)
     return TrainResult(model, acc, time.perf_counter() - start)  # type: ignore[arg-type]
 
@@ -228,8 +233,13 @@ def demo_vit_in_background(
         return contextlib.nullcontext()
     model = _initial_vit(0)
     defaults = (_EPOCHS, _LR, _WEIGHT_DECAY, 0, _BATCH)
+    # a forked child's bar would overwrite the parent's on the same terminal line: one line
+    # here instead, and a bar only where the job is a thread of this process
+    bar = progress and not forks()
+    if progress and not bar:
+        sys.stderr.write("training the demo ViT in a background process (about 10 s)\n")
 
     def train() -> None:
-        cached_weights(model, path, lambda: _fit(model, *defaults, progress).model)
+        cached_weights(model, path, lambda: _fit(model, *defaults, bar).model)
 
     return in_background(path, train)
