@@ -11,6 +11,12 @@ iterations with the same stopping rules (unchanged labels, or a centre shift wit
 clustering. The labels are scikit-learn's up to floating-point rounding (ties broken by a last
 bit may differ); a problem in which a cluster empties is flagged so the caller can hand it to
 scikit-learn, which relocates empty clusters.
+
+The draws are those of scikit-learn 1.3 and later (hence ``scikit-learn>=1.3`` in
+``pyproject.toml``): since 1.3 (sample weights in k-means++) the first centre is
+``random_state.choice(m, p=w / w.sum())`` and candidates are found in the cumulative sum of
+``w * distance``; up to 1.2 the first centre was ``random_state.randint(m)``, another draw, so
+every label differs (checked against 1.2.2 and 1.3.0).
 """
 
 from __future__ import annotations
