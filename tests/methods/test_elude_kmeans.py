@@ -164,3 +164,10 @@ def test_batch_decides_as_one_unit_at_a_time(force: bool, monkeypatch: pytest.Mo
         k_ref, labels_ref = ref[i][1]
         assert k == k_ref
         np.testing.assert_array_equal(labels, labels_ref)
+
+
+def test_no_restart_is_a_typed_error() -> None:
+    from neuronsplit.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="n_init"):
+        batched_kmeans(np.zeros((1, 4, 2)), 2, n_init=0)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..._checks import check_int
+
 __all__ = ["batched_kmeans", "batched_silhouette"]
 
 _MAX_ITER = 300  # scikit-learn's default
@@ -148,23 +150,20 @@ def batched_kmeans(
     >>> bool((labels == np.stack(ref)).all()), bool(empty.any())
     (True, False)
     """
+    check_int(n_init, "n_init (k-means++ restarts)", low=1)
     x = np.asarray(x, dtype=np.float64)
     tol = x.var(axis=1).mean(-1) * _TOL
     x = x - x.mean(axis=1, keepdims=True)  # scikit-learn centres the data first
     x_sq = (x * x).sum(-1)
     rng = np.random.RandomState(seed)
-    best_labels = best_inertia = None
-    empty = np.zeros(x.shape[0], dtype=bool)
-    for _ in range(n_init):
+    # the first restart is the best so far; each later one replaces it where it is better
+    best_labels, best_inertia, empty = _lloyd(x, _plusplus(x, x_sq, k, rng), tol)
+    for _ in range(n_init - 1):
         labels, inertia, emptied = _lloyd(x, _plusplus(x, x_sq, k, rng), tol)
-        empty |= emptied
-        if best_labels is None or best_inertia is None:
-            best_labels, best_inertia = labels, inertia
-            continue
+        empty = empty | emptied
         better = (inertia < best_inertia) & ~_same_clustering(labels, best_labels, k)
         best_labels = np.where(better[:, None], labels, best_labels)
         best_inertia = np.where(better, inertia, best_inertia)
-    assert best_labels is not None  # n_init >= 1
     return best_labels, empty
 
 
