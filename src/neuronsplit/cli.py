@@ -13,6 +13,7 @@ exit code 1 means a check ran and failed (a split that is not equivalent).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ def _demo_tau(text: str) -> float:
     """``--tau`` of the demo: in (0, 1] and on the demo scan's tau grid (argparse error if not)."""
     import math
 
-    from .stats import DEFAULT_TAU_GRID
+    from ._scan_defaults import DEFAULT_TAU_GRID
 
     value = number_in(0, 1, low_open=True)(text)
     if not any(math.isclose(value, t) for t in DEFAULT_TAU_GRID):
@@ -120,29 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_steer_parser(sub)
     add_report_parser(sub)
-    try:
-        from .insights.cli import add_insights_parser
-    except ImportError:  # the module itself imports nothing optional; keep the CLI usable anyway
-        add_insights_parser = None
-    if add_insights_parser is not None:
-        add_insights_parser(sub)
+    from .cli_insights import add_insights_parser  # imports nothing optional (captum on use)
+
+    add_insights_parser(sub)
     return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo
+    with _vit_training(args):
+        from .demo import format_table, run_demo  # the pipeline: zennit, captum, scikit-learn
 
-    summary = run_demo(
-        args.out,
-        cache_dir=args.cache,
-        top=args.top,
-        tau=args.tau,
-        p=args.p,
-        gamma=args.gamma,
-        progress=not args.quiet,
-        unsupervised=not args.cnn_only,
-        report=not args.no_report,
-    )
+        summary = run_demo(
+            args.out,
+            cache_dir=args.cache,
+            top=args.top,
+            tau=args.tau,
+            p=args.p,
+            gamma=args.gamma,
+            progress=not args.quiet,
+            unsupervised=not args.cnn_only,
+            report=not args.no_report,
+        )
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     if not args.json:
         files = ["summary.json", "plan.json"] + (["plan_vit.json"] if "vit" in summary else [])
@@ -153,6 +152,18 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"report: {path} (built in {report['seconds']:.1f} s)")
     vit_ok = "vit" not in summary or summary["vit"]["equivalence"]["passed"]
     return 0 if summary["equivalence"]["passed"] and vit_ok else CHECK_FAILED
+
+
+def _vit_training(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """Start training the demo ViT in the background (if the cache lacks it) as soon as torch
+    and timm are imported: the pipeline's imports (zennit, captum, scikit-learn; seconds) then
+    run while it trains instead of before (``run_demo`` finds the job and does not start a
+    second one)."""
+    if args.cnn_only:
+        return contextlib.nullcontext()
+    from .demo.vit import demo_vit_in_background
+
+    return demo_vit_in_background(args.cache, progress=not args.quiet)
 
 
 def _quiet_stdout() -> None:

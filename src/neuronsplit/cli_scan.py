@@ -52,7 +52,7 @@ def add_scan_parser(subparsers: Any) -> argparse.ArgumentParser:
     >>> args.out, args.relevance, args.tau_grid
     ('scan.safetensors', 'grad_x_act', [0.01, 0.02, 0.03, 0.05, 0.1])
     """
-    from .stats import DEFAULT_TAU_GRID
+    from ._scan_defaults import DEFAULT_TAU_GRID
 
     p = subparsers.add_parser(
         "scan",

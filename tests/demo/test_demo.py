@@ -109,6 +109,19 @@ def test_demo_vit_section(demo_run: tuple[dict, str, Path]) -> None:
     assert printed.count("PASS") == 2
 
 
+def test_vit_checks_run_beside_give_the_same_summary(demo_run: tuple[dict, str, Path]) -> None:
+    """The demo runs the ViT's checks in a forked process while it builds the report; run in
+    this process they must give the same figures."""
+    from neuronsplit.demo.vit_pipeline import run_vit_demo
+
+    summary, _, _ = demo_run
+    here = run_vit_demo(None, progress=False)
+    assert here["plan_file"] is None and summary["vit"]["plan_file"] == "plan_vit.json"
+    assert json.dumps({**here, "plan_file": 0}, sort_keys=True) == json.dumps(
+        {**summary["vit"], "plan_file": 0}, sort_keys=True
+    )
+
+
 def test_demo_cnn_discover_beside_hesse(demo_run: tuple[dict, str, Path]) -> None:
     """discover runs on the units Hesse split; both plans are scored on the same test images."""
     summary, printed, _ = demo_run

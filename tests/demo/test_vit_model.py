@@ -201,3 +201,50 @@ def test_failed_background_job_leaves_the_reader_to_train(
     with _background.in_background(tmp_path / CACHE_NAME, fail):
         assert _same_weights(get_demo_vit(tmp_path), quick)  # no error: trained here instead
     assert (tmp_path / CACHE_NAME).is_file()
+
+
+def test_a_second_background_request_joins_the_running_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``neuronsplit demo`` starts the ViT's training before importing the pipeline, and
+    ``run_demo`` asks again: the second request must not train the model a second time."""
+    monkeypatch.setattr(vit_module, "_EPOCHS", 1)
+    with vit_module.demo_vit_in_background(tmp_path):
+        path = tmp_path / CACHE_NAME
+        assert _background.pending(path)
+        first = _background._PENDING[path]
+        with vit_module.demo_vit_in_background(tmp_path):
+            assert _background._PENDING[path] is first  # no second job
+        model = get_demo_vit(tmp_path)
+        assert not _background.pending(path)
+    assert _same_weights(model, train_demo_vit(epochs=1).model)
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "thread"])
+def test_beside_returns_the_jobs_value_or_raises_its_error(
+    fork: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    if fork and not _background.forks():
+        pytest.skip("no fork here")
+    monkeypatch.setattr(_background, "forks", lambda: fork)
+    parent = os.getpid()
+    result = _background.beside(lambda: {"pid": os.getpid(), "value": [1, 2]})
+    got = result()
+    assert got["value"] == [1, 2] and (got["pid"] != parent) == fork
+
+    def fail() -> None:
+        raise InvalidArgumentError("the checks failed")
+
+    with pytest.raises(InvalidArgumentError, match="the checks failed"):
+        _background.beside(fail)()
+
+
+def test_beside_reports_a_child_that_dies_without_a_result() -> None:
+    import os
+
+    if not _background.forks():
+        pytest.skip("no fork here")
+    with pytest.raises(RuntimeError, match="without a result .exit code 3"):
+        _background.beside(lambda: os._exit(3))()

@@ -1,6 +1,10 @@
 """The embedded demo: scikit-learn's digits, a small CNN trained in seconds, and the pipeline
 that scans, detects, splits, verifies and evaluates it (``neuronsplit demo``); and a small timm
-ViT on the same digits (:mod:`neuronsplit.demo.vit`, imported on first use: it needs timm).
+ViT on the same digits (:mod:`neuronsplit.demo.vit`).
+
+The pipeline (:mod:`neuronsplit.demo.pipeline`: the scan, zennit, captum) and the ViT (timm)
+are imported on first use, so that ``neuronsplit demo`` can start training the ViT in the
+background after importing only torch and timm, and import the rest while it trains.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from .model import (
     get_demo_model,
     train_demo_model,
 )
-from .pipeline import demo_plan, format_table, run_demo
 
-_LAZY = ("DigitsViT", "VIT_CONFIG", "train_demo_vit", "get_demo_vit")
+#: names imported on first use, and the submodule each comes from
+_LAZY = {
+    **dict.fromkeys(("demo_plan", "format_table", "run_demo"), "pipeline"),
+    **dict.fromkeys(("DigitsViT", "VIT_CONFIG", "train_demo_vit", "get_demo_vit"), "vit"),
+}
 
 __all__ = [
     "DIGIT_CLASSES",
@@ -32,9 +39,6 @@ __all__ = [
     "default_cache_dir",
     "get_demo_model",
     "train_demo_model",
-    "demo_plan",
-    "format_table",
-    "run_demo",
     *_LAZY,
 ]
 
@@ -42,7 +46,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.vit"), name)
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     globals()[name] = value
     return value
 

@@ -4,7 +4,8 @@ The demo models are trained on one torch thread each (:mod:`neuronsplit.demo._th
 machine with two cores the ViT can train while the CNN half of the demo runs. Whoever reads the
 cache file first waits for the job that writes it (:func:`wait_for_background`).
 
-The job runs in a forked process on Linux (:func:`forks`), else in a thread.
+The job runs in a forked process on Linux (:func:`forks`), else in a thread. :func:`beside`
+runs a job that returns a value the same way (the demo ViT's checks while its report is built).
 A thread shares the interpreter lock with the demo's own Python work: the tiny demo models
 spend most of their time in Python dispatch, so the two halves slowed each other down
 (cold demo 26.4 s with a thread; ``benchmarks/demo_time.py``). A forked child needs no new
@@ -19,8 +20,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["in_background", "wait_for_background", "forks"]
+__all__ = ["in_background", "wait_for_background", "pending", "forks", "beside"]
+
+T = TypeVar("T")
 
 _PENDING: dict[Path, threading.Thread | multiprocessing.process.BaseProcess] = {}
 _LOCK = threading.Lock()
@@ -96,6 +100,20 @@ def in_background(path: Path, job: Callable[[], object]) -> Iterator[None]:
         wait_for_background(path)
 
 
+def pending(path: Path) -> bool:
+    """Whether a background job of this process is writing ``path`` (a second job for the
+    same file would train the same model twice).
+
+    Examples
+    --------
+    >>> pending(Path("nothing-trains-this.bin"))
+    False
+    """
+    with _LOCK:
+        worker = _PENDING.get(path)
+    return worker is not None and worker.is_alive()
+
+
 def wait_for_background(path: Path) -> None:
     """Wait until no background job is writing ``path`` (returns at once if none is)."""
     with _LOCK:
@@ -109,3 +127,73 @@ def wait_for_background(path: Path) -> None:
     with _LOCK:
         if _PENDING.get(path) is worker:
             del _PENDING[path]
+
+
+def beside(job: Callable[[], T]) -> Callable[[], T]:
+    """Start ``job`` in a forked process (a thread where :func:`forks` is false, or where the
+    fork fails) and return a function that waits for it and returns its value, or raises its
+    error.
+
+    The child inherits everything (no pickling of the job or its inputs); only the value
+    travels back, pickled through a pipe, so it should be small (a summary, not a model).
+
+    Examples
+    --------
+    >>> result = beside(lambda: sum(range(10)))
+    >>> result()
+    45
+    """
+    if forks():
+        ctx = multiprocessing.get_context("fork")
+        receive, send = ctx.Pipe(duplex=False)
+
+        def child() -> None:
+            try:
+                outcome: tuple[bool, Any] = (True, job())
+            except Exception as err:  # noqa: BLE001 - raised again in the parent
+                outcome = (False, err)
+            try:
+                send.send(outcome)
+            except Exception as err:  # noqa: BLE001 - an unpicklable value or error
+                send.send((False, RuntimeError(f"the job's result could not be sent: {err!r}")))
+
+        process = ctx.Process(target=child, name="beside", daemon=True)
+        try:
+            process.start()
+        except OSError:
+            process = None  # no memory or process slots: a thread does the same work
+        if process is not None:
+            send.close()  # the child's end: a child that dies leaves the parent an EOF
+
+            def result() -> T:
+                try:
+                    ok, value = receive.recv()
+                except EOFError:
+                    process.join()
+                    raise RuntimeError(
+                        f"the background job ended without a result (exit code {process.exitcode})"
+                    ) from None
+                process.join()
+                if not ok:
+                    raise value
+                return value
+
+            return result
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = job()
+        except BaseException as err:  # noqa: BLE001 - raised again by result()
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name="beside", daemon=True)
+    thread.start()
+
+    def joined() -> T:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return joined

@@ -28,7 +28,13 @@ from ..stats import ScanResult, scan
 from ._threads import demo_threads
 from .data import digits_loader, load_digits
 from .model import DEMO_LAYER, get_demo_model
-from .vit_pipeline import cnn_vs_discover, run_vit_demo, vit_in_background
+from .vit_pipeline import (
+    VIT_MODEL_NAME,
+    VitDemoRun,
+    cnn_vs_discover,
+    start_vit_demo,
+    vit_in_background,
+)
 
 __all__ = ["run_demo", "format_table", "demo_plan"]
 
@@ -126,9 +132,13 @@ def run_demo(
         if report_parts is not None:
             report_parts.add_cnn(summary)
         if unsupervised:
-            summary["vit"] = run_vit_demo(out, cache_dir=cache_dir, progress=progress)
+            # the ViT's checks (equivalence, purity) run in a forked process while its report
+            # part is built here: both only read the model and the plan
+            vit = start_vit_demo(out, cache_dir=cache_dir, progress=progress,
+                                 checks_beside=report_parts is not None)  # fmt: skip
             if report_parts is not None:
-                report_parts.add_vit(summary)
+                report_parts.add_vit(vit)
+            summary["vit"] = vit.summary()
         if report_parts is not None:
             summary["report"] = report_parts.write()
     summary["seconds"] = time.perf_counter() - start
@@ -162,12 +172,9 @@ class _ReportParts:
         self._add(model, SplitPlan.from_dict(summary["plan"]), prefix="cnn",
                   title="CNN: Hesse et al.'s labelled split", model_name=summary["model"])  # fmt: skip
 
-    def add_vit(self, summary: dict[str, Any]) -> None:
-        from .vit import get_demo_vit
-
-        model = get_demo_vit(self.cache_dir, progress=False)
-        self._add(model, SplitPlan.load(self.out / "plan_vit.json"), prefix="vit",
-                  title="ViT: ELUDe's discover (no labels)", model_name=summary["vit"]["model"])  # fmt: skip
+    def add_vit(self, vit: VitDemoRun) -> None:
+        self._add(vit.model, vit.plan, split=vit.split, prefix="vit",
+                  title="ViT: ELUDe's discover (no labels)", model_name=VIT_MODEL_NAME)  # fmt: skip
 
     def write(self) -> dict[str, Any]:
         """Write the file; its ``seconds`` are the parts' and the writing's, not the waits."""

@@ -24,7 +24,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.nn import functional as F
 
 from .._checks import check_bool, check_int, check_number
-from ._background import forks, in_background, wait_for_background
+from ._background import forks, in_background, pending, wait_for_background
 from ._threads import demo_threads
 from .data import load_digits
 from .model import TrainResult, cached_weights, default_cache_dir, digits_accuracy, epoch_batches
@@ -229,7 +229,9 @@ def demo_vit_in_background(
     """
     check_bool(progress, "progress")
     path = Path(cache_dir or default_cache_dir()) / _CACHE_NAME
-    if path.exists():  # nothing to train (a damaged file is rebuilt by get_demo_vit)
+    # nothing to train (a damaged file is rebuilt by get_demo_vit), or already training: the
+    # command line starts it before importing the pipeline, which asks again in run_demo
+    if path.exists() or pending(path):
         return contextlib.nullcontext()
     model = _initial_vit(0)
     defaults = (_EPOCHS, _LR, _WEIGHT_DECAY, 0, _BATCH)

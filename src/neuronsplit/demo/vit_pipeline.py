@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +31,20 @@ from ..evaluation import PurityReport, top_k_purity
 from ..methods.elude import DEFAULT_TOP_N, discover
 from ..nn import apply_plan, verify_equivalence
 from ..plan import SplitPlan
+from ._background import beside
 from ._threads import demo_threads
 from .data import DigitsData, digits_loader, load_digits
 
-__all__ = ["run_vit_demo", "cnn_vs_discover", "vit_demo_layers", "vit_in_background", "TARGET"]
+__all__ = [
+    "run_vit_demo", "start_vit_demo", "VitDemoRun", "cnn_vs_discover", "vit_demo_layers",
+    "vit_in_background", "TARGET",
+]  # fmt: skip
 
 #: the issue's target for the demo ViT: mean top-20 purity gain and share of units split
 TARGET: dict[str, float] = {"purity_gain": 0.10, "split_fraction": 0.333}
 _PURITY_K = 20
+#: the demo ViT as the summary and the report name it
+VIT_MODEL_NAME = "DigitsViT (timm VisionTransformer, 4 blocks, width 64, scikit-learn digits)"
 
 
 def vit_demo_layers(depth: int = 4) -> list[str]:
@@ -172,31 +180,100 @@ def run_vit_demo(
         random control included), ``by_type`` (``fc1`` / ``fc2``), ``equivalence``,
         ``target`` and ``met``.
     """
+    return start_vit_demo(
+        out, cache_dir=cache_dir, max_concepts=max_concepts, top_n=top_n,
+        min_silhouette=min_silhouette, k=k, progress=progress,
+    ).summary()  # fmt: skip
+
+
+@dataclass
+class VitDemoRun:
+    """The demo ViT after ``discover`` (:func:`start_vit_demo`): the model, its plan and split
+    model, and the checks (equivalence and purity) that may still be running beside."""
+
+    model: nn.Module
+    plan: SplitPlan
+    split: nn.Module
+    _checks: Callable[[], dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        """Wait for the checks and return :func:`run_vit_demo`'s summary."""
+        return self._checks()
+
+
+def start_vit_demo(
+    out: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+    max_concepts: int = 4, top_n: int = DEFAULT_TOP_N, min_silhouette: float = 0.4,
+    k: int = _PURITY_K, progress: bool = True, checks_beside: bool = False,
+) -> VitDemoRun:  # fmt: skip
+    """:func:`run_vit_demo` up to the plan (written to ``out``); the checks follow.
+
+    With ``checks_beside`` the equivalence check and the purity evaluation (about a third of
+    the ViT's time after training) run in a forked process
+    (:func:`~neuronsplit.demo._background.beside`) while the caller goes on, e.g. to build
+    the report of the same split (``neuronsplit demo`` does); :meth:`VitDemoRun.summary`
+    waits for them. The figures are the same either way.
+
+    Parameters
+    ----------
+    out, cache_dir, max_concepts, top_n, min_silhouette, k, progress
+        As :func:`run_vit_demo`.
+    checks_beside : bool, default False
+        Run the checks in the background instead of before returning.
+
+    Returns
+    -------
+    VitDemoRun
+    """
     check_int(max_concepts, "max_concepts", low=2)
     check_int(top_n, "top_n", low=2)
     check_number(min_silhouette, "min_silhouette", low=-1, high=1)
     check_int(k, "k", low=1)
     check_bool(progress, "progress")
-    with demo_threads():  # one thread, as run_demo (see its notes)
-        return _run_vit_demo(out, cache_dir, max_concepts, top_n, min_silhouette, k, progress)
-
-
-def _run_vit_demo(
-    out: str | os.PathLike | None, cache_dir: str | os.PathLike | None, max_concepts: int,
-    top_n: int, min_silhouette: float, k: int, progress: bool,
-) -> dict[str, Any]:  # fmt: skip
+    check_bool(checks_beside, "checks_beside")
     from .vit import get_demo_vit  # needs timm
 
-    vit = get_demo_vit(cache_dir, progress=progress)
+    with demo_threads():  # one thread, as run_demo (see its notes)
+        vit = get_demo_vit(cache_dir, progress=progress)
+        names = vit_demo_layers(len(vit.blocks))
+        plan = discover(
+            vit, digits_loader("train", batch_size=256), names, max_concepts=max_concepts,
+            top_n=top_n, min_silhouette=min_silhouette, progress=progress,
+        )  # fmt: skip
+        split = apply_plan(vit, plan)
+    plan_file = None
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        plan.to_json(out / "plan_vit.json")
+        plan_file = "plan_vit.json"
+    params = {
+        "layers": names, "max_concepts": max_concepts, "top_n": top_n,
+        "min_silhouette": min_silhouette, "tokens": "all", "samples": "token",
+        "discover_data": "training digits (1400, no labels)",
+        "evaluation_data": "test digits (397, labels)", "k": k,
+    }  # fmt: skip
+
+    def checks() -> dict[str, Any]:
+        with demo_threads():
+            found = _checks(vit, split, plan, names, k)
+        head = {key: found.pop(key) for key in ("model", "test_accuracy")}
+        return {**head, "params": params, **found, "plan_file": plan_file}
+
+    return VitDemoRun(vit, plan, split, beside(checks) if checks_beside else _ready(checks()))
+
+
+def _ready(value: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: value
+
+
+def _checks(
+    vit: nn.Module, split: nn.Module, plan: SplitPlan, names: list[str], k: int
+) -> dict[str, Any]:
+    """The demo ViT's figures: accuracy, equivalence, purity per layer and type, target."""
     test = load_digits("test")
     with torch.no_grad():
         accuracy = float((vit(test.images).argmax(1) == test.labels).float().mean())
-    names = vit_demo_layers(len(vit.blocks))
-    plan = discover(
-        vit, digits_loader("train", batch_size=256), names, max_concepts=max_concepts,
-        top_n=top_n, min_silhouette=min_silhouette, progress=progress,
-    )  # fmt: skip
-    split = apply_plan(vit, plan)
     equivalence = _equivalence(vit, split, test.images)
     # a plan that splits nothing (possible with other settings) has nothing to score
     report = top_k_purity(vit, plan, _test_loader(test), k=k) if len(plan) else None
@@ -212,15 +289,9 @@ def _run_vit_demo(
         rows = [r for r in per_unit if r["layer"] in of_type]
         by_type[fc] = {**_split_figures({n: meta[n] for n in of_type}), "purity": _purity_of(rows)}
     figures = _split_figures(meta)
-    summary = {
-        "model": "DigitsViT (timm VisionTransformer, 4 blocks, width 64, scikit-learn digits)",
+    return {
+        "model": VIT_MODEL_NAME,
         "test_accuracy": accuracy,
-        "params": {
-            "layers": names, "max_concepts": max_concepts, "top_n": top_n,
-            "min_silhouette": min_silhouette, "tokens": "all", "samples": "token",
-            "discover_data": "training digits (1400, no labels)",
-            "evaluation_data": "test digits (397, labels)", "k": k,
-        },
         "layers": layers,
         "split": figures,
         "purity": report.to_dict() if report is not None else {"units": 0, "k": k},
@@ -232,14 +303,7 @@ def _run_vit_demo(
             and report.purity_gain >= TARGET["purity_gain"]
             and figures["split_fraction"] >= TARGET["split_fraction"]
         ),
-        "plan_file": None,
-    }  # fmt: skip
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        plan.to_json(out / "plan_vit.json")
-        summary["plan_file"] = "plan_vit.json"
-    return summary
+    }
 
 
 def _unit_rows(report: PurityReport | None) -> dict[int, dict[str, Any]]:

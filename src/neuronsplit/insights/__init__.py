@@ -36,8 +36,9 @@ The parts live in private modules (all names importable from here): ``_display``
 (greyscale images and all-zero maps), ``_register`` (method registration and the
 generated Disentangle subclass), ``_data`` (the fixed batch), ``_app`` (:class:`InsightsApp`,
 the bounded visualizer, :class:`WarningsOnce`), ``_visualizer`` (the body of
-:func:`make_visualizer`), ``_server`` (the werkzeug daemon server) and ``cli``
-(``neuronsplit insights``).
+:func:`make_visualizer`) and ``_server`` (the werkzeug daemon server). The command,
+``neuronsplit insights``, is :mod:`neuronsplit.cli_insights` (outside this package, so that
+the ``neuronsplit`` parser is built without importing captum).
 
 Examples
 --------
@@ -76,21 +77,14 @@ __all__ = [
     "make_visualizer",
     "InsightsServer",
     "serve",
-    "add_insights_parser",  # noqa: F822 - from .cli, lazily
-    "insights_main",  # noqa: F822
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # SubunitImageFeature subclasses an Insights class, so it is built on first access only; the
-    # command-line entry points live in .cli (which imports this module)
+    # SubunitImageFeature subclasses an Insights class, so it is built on first access only
     if name == "SubunitImageFeature":
         require_insights()
         return _feature_class()
-    if name in ("add_insights_parser", "insights_main"):
-        from . import cli
-
-        return getattr(cli, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

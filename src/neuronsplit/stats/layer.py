@@ -8,11 +8,10 @@ from typing import Any
 
 from torch import Tensor
 
+from .._scan_defaults import DEFAULT_TAU_GRID
 from .statistics import ClassSums, NoPositiveCounts, Statistic, TapSums, TauCounts, TopN
 
 __all__ = ["LayerStats", "DEFAULT_TAU_GRID", "layout"]
-
-DEFAULT_TAU_GRID: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.1)
 
 
 @dataclass

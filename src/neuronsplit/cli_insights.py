@@ -7,6 +7,9 @@ architecture (``demo`` / ``demo-cnn``, ``demo-vit`` or a timm model name, see
 ``--data`` once (seeded by ``--seed``, or the ones at ``--images``) and serves Insights with
 Disentangle next to Captum's own methods; every Fetch shows the same images. Without
 ``--model`` it shows the demo model with its default plan on the digits test split.
+
+The command lives outside :mod:`neuronsplit.insights` so that building the ``neuronsplit``
+parser imports neither captum nor the Insights glue.
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._checks import int_in
-from ..cli_data import DIGITS, build_loader
-from ..cli_models import add_model_arguments, build_model, run_command
-from ..errors import InvalidArgumentError, MissingFileError, PlanMismatchError
-from ..plan import SplitPlan
-from . import make_visualizer, serve
+from ._checks import int_in
+from .cli_data import DIGITS, build_loader
+from .cli_models import add_model_arguments, build_model, run_command
+from .errors import InvalidArgumentError, MissingFileError, PlanMismatchError
+from .plan import SplitPlan
 
 __all__ = ["add_insights_parser", "insights_main"]
 
@@ -126,6 +128,10 @@ def _load_plan(path: str | None) -> SplitPlan | None:
 
 
 def _run(args: argparse.Namespace, write: Callable[[str], Any]) -> int:
+    # imported here, not at the top: the parser of every ``neuronsplit`` command is built from
+    # this module, and Insights brings captum and matplotlib (seconds of start-up)
+    from .insights import make_visualizer, serve
+
     plan = _load_plan(args.plan)
     model, is_demo = build_model(
         args.model, weights=args.weights, num_classes=args.num_classes, cache=args.cache,
