@@ -122,6 +122,21 @@ def test_vit_checks_run_beside_give_the_same_summary(demo_run: tuple[dict, str, 
     )
 
 
+def test_demo_without_fork_gives_the_same_figures(
+    demo_run: tuple[dict, str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the platform cannot fork, the ViT's checks run before its report part (in a
+    thread they would put hooks on the model the report is running)."""
+    from neuronsplit.demo import _background, run_demo
+
+    monkeypatch.setattr(_background, "forks", lambda: False)
+    summary, _, _ = demo_run
+    here = run_demo(tmp_path, progress=False)
+    for key in ("vit", "equivalence", "units"):
+        assert json.dumps(here[key], sort_keys=True) == json.dumps(summary[key], sort_keys=True)
+    assert (tmp_path / "report.html").is_file()
+
+
 def test_demo_cnn_discover_beside_hesse(demo_run: tuple[dict, str, Path]) -> None:
     """discover runs on the units Hesse split; both plans are scored on the same test images."""
     summary, printed, _ = demo_run

@@ -220,7 +220,7 @@ def test_a_second_background_request_joins_the_running_job(
     assert _same_weights(model, train_demo_vit(epochs=1).model)
 
 
-@pytest.mark.parametrize("fork", [True, False], ids=["forked", "thread"])
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "in-process"])
 def test_beside_returns_the_jobs_value_or_raises_its_error(
     fork: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,15 +230,32 @@ def test_beside_returns_the_jobs_value_or_raises_its_error(
         pytest.skip("no fork here")
     monkeypatch.setattr(_background, "forks", lambda: fork)
     parent = os.getpid()
-    result = _background.beside(lambda: {"pid": os.getpid(), "value": [1, 2]})
-    got = result()
+    handle = _background.beside(lambda: {"pid": os.getpid(), "value": [1, 2]})
+    got = handle.result()
     assert got["value"] == [1, 2] and (got["pid"] != parent) == fork
+    assert handle.result() == got  # the outcome is kept, not read from the pipe twice
 
     def fail() -> None:
         raise InvalidArgumentError("the checks failed")
 
-    with pytest.raises(InvalidArgumentError, match="the checks failed"):
-        _background.beside(fail)()
+    failed = _background.beside(fail)
+    for _ in range(2):
+        with pytest.raises(InvalidArgumentError, match="the checks failed") as info:
+            failed.result()
+        assert "Traceback" in "".join(info.value.__notes__)  # the child's traceback
+
+
+def test_without_fork_beside_runs_the_job_before_returning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread would run the ViT's checks (hooks, eval mode) on the model the caller is
+    building the report with at the same time."""
+    monkeypatch.setattr(_background, "forks", lambda: False)
+    ran: list[int] = []
+    handle = _background.beside(lambda: ran.append(1))
+    assert ran == [1]
+    handle.result()
+    assert ran == [1]
 
 
 def test_beside_reports_a_child_that_dies_without_a_result() -> None:
@@ -247,4 +264,32 @@ def test_beside_reports_a_child_that_dies_without_a_result() -> None:
     if not _background.forks():
         pytest.skip("no fork here")
     with pytest.raises(RuntimeError, match="without a result .exit code 3"):
-        _background.beside(lambda: os._exit(3))()
+        _background.beside(lambda: os._exit(3)).result()
+
+
+def test_a_hung_beside_job_is_stopped_and_run_here() -> None:
+    import os
+    import time
+
+    if not _background.forks():
+        pytest.skip("no fork here")
+    parent = os.getpid()
+
+    def job() -> int:
+        if os.getpid() != parent:
+            time.sleep(60)  # the child hangs
+        return os.getpid()
+
+    handle = _background.beside(job)
+    assert handle.result(timeout=0.5) == parent
+    assert handle._process is not None and not handle._process.is_alive()
+
+
+def test_cancel_stops_the_child() -> None:
+    import time
+
+    if not _background.forks():
+        pytest.skip("no fork here")
+    handle = _background.beside(lambda: time.sleep(60))
+    handle.cancel()
+    assert handle._process is not None and not handle._process.is_alive()

@@ -10,7 +10,7 @@ background after importing only torch and timm, and import the rest while it tra
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import DIGIT_CLASSES, DigitsData, digits_loader, load_digits
 from .model import (
@@ -21,6 +21,10 @@ from .model import (
     get_demo_model,
     train_demo_model,
 )
+
+if TYPE_CHECKING:  # for type checkers and the API docs; imported on first use below
+    from .pipeline import demo_plan, format_table, run_demo
+    from .vit import VIT_CONFIG, DigitsViT, get_demo_vit, train_demo_vit
 
 #: names imported on first use, and the submodule each comes from
 _LAZY = {
@@ -39,7 +43,13 @@ __all__ = [
     "default_cache_dir",
     "get_demo_model",
     "train_demo_model",
-    *_LAZY,
+    "demo_plan",
+    "format_table",
+    "run_demo",
+    "DigitsViT",
+    "VIT_CONFIG",
+    "train_demo_vit",
+    "get_demo_vit",
 ]
 
 

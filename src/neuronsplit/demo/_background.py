@@ -5,7 +5,9 @@ machine with two cores the ViT can train while the CNN half of the demo runs. Wh
 cache file first waits for the job that writes it (:func:`wait_for_background`).
 
 The job runs in a forked process on Linux (:func:`forks`), else in a thread. :func:`beside`
-runs a job that returns a value the same way (the demo ViT's checks while its report is built).
+runs a job that returns a value in a forked process (the demo ViT's checks while its report is
+built), and at once where there is no fork (a thread would share the model with the caller,
+whose forward passes and hooks it would meet).
 A thread shares the interpreter lock with the demo's own Python work: the tiny demo models
 spend most of their time in Python dispatch, so the two halves slowed each other down
 (cold demo 26.4 s with a thread; ``benchmarks/demo_time.py``). A forked child needs no new
@@ -15,14 +17,16 @@ imports and inherits the untrained model; it writes the cache file atomically an
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["in_background", "wait_for_background", "pending", "forks", "beside"]
+__all__ = ["in_background", "wait_for_background", "pending", "forks", "beside", "Beside"]
 
 T = TypeVar("T")
 
@@ -129,29 +133,27 @@ def wait_for_background(path: Path) -> None:
             del _PENDING[path]
 
 
-def beside(job: Callable[[], T]) -> Callable[[], T]:
-    """Start ``job`` in a forked process (a thread where :func:`forks` is false, or where the
-    fork fails) and return a function that waits for it and returns its value, or raises its
-    error.
+class Beside(Generic[T]):
+    """A job started by :func:`beside`: :meth:`result` waits for its value, :meth:`cancel`
+    stops it (the caller failed and will not ask)."""
 
-    The child inherits everything (no pickling of the job or its inputs); only the value
-    travels back, pickled through a pipe, so it should be small (a summary, not a model).
+    def __init__(self, job: Callable[[], T], *, fork: bool = True) -> None:
+        self._job = job
+        self._outcome: tuple[bool, Any] | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._receive: Any = None
+        if fork and forks():
+            self._fork()
+        if self._process is None:  # no fork here, or the fork failed: the job runs now
+            self._outcome = _run(job)
 
-    Examples
-    --------
-    >>> result = beside(lambda: sum(range(10)))
-    >>> result()
-    45
-    """
-    if forks():
+    def _fork(self) -> None:
         ctx = multiprocessing.get_context("fork")
         receive, send = ctx.Pipe(duplex=False)
 
         def child() -> None:
-            try:
-                outcome: tuple[bool, Any] = (True, job())
-            except Exception as err:  # noqa: BLE001 - raised again in the parent
-                outcome = (False, err)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
+            outcome = _run(self._job)
             try:
                 send.send(outcome)
             except Exception as err:  # noqa: BLE001 - an unpicklable value or error
@@ -160,40 +162,75 @@ def beside(job: Callable[[], T]) -> Callable[[], T]:
         process = ctx.Process(target=child, name="beside", daemon=True)
         try:
             process.start()
-        except OSError:
-            process = None  # no memory or process slots: a thread does the same work
-        if process is not None:
-            send.close()  # the child's end: a child that dies leaves the parent an EOF
+        except OSError:  # no memory or process slots
+            receive.close()
+            send.close()
+            return
+        send.close()  # the child's end: a child that dies leaves the parent an EOF
+        self._process, self._receive = process, receive
 
-            def result() -> T:
-                try:
-                    ok, value = receive.recv()
-                except EOFError:
-                    process.join()
-                    raise RuntimeError(
-                        f"the background job ended without a result (exit code {process.exitcode})"
-                    ) from None
-                process.join()
-                if not ok:
-                    raise value
-                return value
+    def result(self, timeout: float = TIMEOUT_S) -> T:
+        """Wait for the job (at most ``timeout`` seconds, then it is stopped and run here) and
+        return its value, or raise its error; later calls give the same outcome."""
+        if self._outcome is None:
+            self._outcome = self._wait(timeout)
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
 
-            return result
-    box: dict[str, Any] = {}
-
-    def run() -> None:
+    def _wait(self, timeout: float) -> tuple[bool, Any]:
+        process, receive = self._process, self._receive
         try:
-            box["value"] = job()
-        except BaseException as err:  # noqa: BLE001 - raised again by result()
-            box["error"] = err
+            if not receive.poll(timeout):  # a hung child must not hang the caller
+                self.cancel()
+                return _run(self._job)
+            return receive.recv()
+        except Exception as err:  # noqa: BLE001 - reported below
+            # EOFError: the child died without a word; others: a value that did not unpickle
+            process.join()
+            return False, RuntimeError(
+                f"the background job ended without a result (exit code {process.exitcode}; "
+                f"{type(err).__name__})"
+            )
+        finally:
+            self._close()
 
-    thread = threading.Thread(target=run, name="beside", daemon=True)
-    thread.start()
+    def cancel(self) -> None:
+        """Stop the job if it still runs (a no-op once its result is in)."""
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+        self._close()
 
-    def joined() -> T:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+    def _close(self) -> None:
+        if self._process is not None:
+            self._process.join()
+        if self._receive is not None:
+            self._receive.close()
+        self._receive = None
 
-    return joined
+
+def _run(job: Callable[[], T]) -> tuple[bool, Any]:
+    """``(True, value)`` or ``(False, error)`` with the traceback attached as a note."""
+    try:
+        return True, job()
+    except Exception as err:  # noqa: BLE001 - raised again by Beside.result
+        err.add_note(traceback.format_exc())
+        return False, err
+
+
+def beside(job: Callable[[], T], *, fork: bool = True) -> Beside[T]:
+    """Start ``job`` in a forked process and return its :class:`Beside` handle.
+
+    The child inherits everything (no pickling of the job or its inputs); only the value
+    travels back, pickled through a pipe, so it should be small (a summary, not a model).
+    Where :func:`forks` is false, the fork fails or ``fork=False``, the job runs at once,
+    before this returns: a thread would share the objects it reads with the caller.
+
+    Examples
+    --------
+    >>> handle = beside(lambda: sum(range(10)))
+    >>> handle.result()
+    45
+    """
+    return Beside(job, fork=fork)

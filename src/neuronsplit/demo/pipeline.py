@@ -136,8 +136,12 @@ def run_demo(
             # part is built here: both only read the model and the plan
             vit = start_vit_demo(out, cache_dir=cache_dir, progress=progress,
                                  checks_beside=report_parts is not None)  # fmt: skip
-            if report_parts is not None:
-                report_parts.add_vit(vit)
+            try:
+                if report_parts is not None:
+                    report_parts.add_vit(vit)
+            except BaseException:
+                vit.cancel()  # the checks would go on for nobody
+                raise
             summary["vit"] = vit.summary()
         if report_parts is not None:
             summary["report"] = report_parts.write()

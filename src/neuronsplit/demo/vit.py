@@ -214,7 +214,9 @@ def demo_vit_in_background(
 ) -> AbstractContextManager[None]:
     """Within the block, train the demo ViT into the cache in the background (a forked
     process, or a thread where there is no ``fork``: :mod:`neuronsplit.demo._background`), if
-    the cache lacks it; :func:`get_demo_vit` waits for it, and so does leaving the block.
+    the cache lacks it; :func:`get_demo_vit` waits for it, and so does leaving the block. If a
+    job of this process is already training it (``neuronsplit demo`` starts one before the
+    pipeline is imported), nothing is started and the block is that job's to wait for.
 
     ``neuronsplit demo`` trains the ViT while the CNN half runs (two workers of one torch
     thread each: on two cores the demo's wall time drops by the CNN half's). The untrained

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..evaluation import PurityReport, top_k_purity
 from ..methods.elude import DEFAULT_TOP_N, discover
 from ..nn import apply_plan, verify_equivalence
 from ..plan import SplitPlan
-from ._background import beside
+from ._background import Beside, beside
 from ._threads import demo_threads
 from .data import DigitsData, digits_loader, load_digits
 
@@ -189,16 +188,27 @@ def run_vit_demo(
 @dataclass
 class VitDemoRun:
     """The demo ViT after ``discover`` (:func:`start_vit_demo`): the model, its plan and split
-    model, and the checks (equivalence and purity) that may still be running beside."""
+    model, and the checks (equivalence and purity), which may still be running beside.
+
+    Examples
+    --------
+    >>> run = start_vit_demo(None, progress=False)  # doctest: +SKIP
+    >>> run.plan.num_units, run.summary()["met"]  # doctest: +SKIP
+    (359, True)
+    """
 
     model: nn.Module
     plan: SplitPlan
     split: nn.Module
-    _checks: Callable[[], dict[str, Any]]
+    checks: Beside[dict[str, Any]]
 
     def summary(self) -> dict[str, Any]:
         """Wait for the checks and return :func:`run_vit_demo`'s summary."""
-        return self._checks()
+        return self.checks.result()
+
+    def cancel(self) -> None:
+        """Stop the checks if they still run (the caller failed and will not ask)."""
+        self.checks.cancel()
 
 
 def start_vit_demo(
@@ -212,7 +222,8 @@ def start_vit_demo(
     the ViT's time after training) run in a forked process
     (:func:`~neuronsplit.demo._background.beside`) while the caller goes on, e.g. to build
     the report of the same split (``neuronsplit demo`` does); :meth:`VitDemoRun.summary`
-    waits for them. The figures are the same either way.
+    waits for them. The figures are the same either way. Where the platform cannot fork they
+    run before this returns (in a thread they would meet the caller's use of the same model).
 
     Parameters
     ----------
@@ -224,6 +235,12 @@ def start_vit_demo(
     Returns
     -------
     VitDemoRun
+
+    Examples
+    --------
+    >>> run = start_vit_demo("demo_out", checks_beside=True)  # doctest: +SKIP
+    >>> part = ns.report_part(run.model, run.plan, loader, split=run.split)  # doctest: +SKIP
+    >>> summary = run.summary()  # doctest: +SKIP
     """
     check_int(max_concepts, "max_concepts", low=2)
     check_int(top_n, "top_n", low=2)
@@ -260,11 +277,7 @@ def start_vit_demo(
         head = {key: found.pop(key) for key in ("model", "test_accuracy")}
         return {**head, "params": params, **found, "plan_file": plan_file}
 
-    return VitDemoRun(vit, plan, split, beside(checks) if checks_beside else _ready(checks()))
-
-
-def _ready(value: dict[str, Any]) -> Callable[[], dict[str, Any]]:
-    return lambda: value
+    return VitDemoRun(vit, plan, split, beside(checks, fork=checks_beside))
 
 
 def _checks(
