@@ -159,13 +159,12 @@ def _vit_training(args: argparse.Namespace) -> contextlib.AbstractContextManager
     and timm are imported: the pipeline's imports (zennit, captum, scikit-learn; seconds) then
     run while it trains instead of before (``run_demo`` finds the job and does not start a
     second one)."""
-    from .demo._background import forks
-
-    if args.cnn_only or not forks():  # a thread would start before run_demo sets the threads
+    if args.cnn_only:
         return contextlib.nullcontext()
     from .demo.vit import demo_vit_in_background
 
-    return demo_vit_in_background(args.cache, progress=not args.quiet)
+    # forked only: a thread would start before run_demo sets the thread count
+    return demo_vit_in_background(args.cache, progress=not args.quiet, fork_only=True)
 
 
 def _quiet_stdout() -> None:

@@ -293,3 +293,17 @@ def test_cancel_stops_the_child() -> None:
     handle = _background.beside(lambda: time.sleep(60))
     handle.cancel()
     assert handle._process is not None and not handle._process.is_alive()
+
+
+def test_fork_only_starts_nothing_where_the_job_would_be_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line starts the ViT before ``run_demo`` sets the thread count: only a
+    forked job may start that early."""
+    monkeypatch.setattr(_background, "forks", lambda: False)
+    monkeypatch.setattr(vit_module, "forks", lambda: False)
+    with vit_module.demo_vit_in_background(tmp_path, fork_only=True):
+        assert not _background._PENDING
+    assert not (tmp_path / CACHE_NAME).exists()
+    with pytest.raises(ArgumentTypeError, match="fork_only"):
+        vit_module.demo_vit_in_background(tmp_path, fork_only="yes")

@@ -210,7 +210,7 @@ def get_demo_vit(
 
 
 def demo_vit_in_background(
-    cache_dir: str | os.PathLike | None = None, *, progress: bool = False
+    cache_dir: str | os.PathLike | None = None, *, progress: bool = False, fork_only: bool = False
 ) -> AbstractContextManager[None]:
     """Within the block, train the demo ViT into the cache in the background (a forked
     process, or a thread where there is no ``fork``: :mod:`neuronsplit.demo._background`), if
@@ -223,6 +223,15 @@ def demo_vit_in_background(
     model is drawn here, in the caller's thread, so the weights are the same as
     :func:`train_demo_vit`'s whatever the caller does with torch's global generator.
 
+    Parameters
+    ----------
+    cache_dir : path-like, optional
+        The cache (:func:`get_demo_vit`).
+    progress : bool, default False
+        A progress bar where the job is a thread, one line where it is a forked process.
+    fork_only : bool, default False
+        Start nothing where the job would be a thread (no ``fork``): the caller trains later.
+
     Examples
     --------
     >>> with demo_vit_in_background():  # doctest: +SKIP
@@ -230,7 +239,10 @@ def demo_vit_in_background(
     ...     vit = get_demo_vit()  # waits for it
     """
     check_bool(progress, "progress")
+    check_bool(fork_only, "fork_only")
     path = Path(cache_dir or default_cache_dir()) / _CACHE_NAME
+    if fork_only and not forks():
+        return contextlib.nullcontext()
     # nothing to train (a damaged file is rebuilt by get_demo_vit), or already training: the
     # command line starts it before importing the pipeline, which asks again in run_demo
     if path.exists() or pending(path):
