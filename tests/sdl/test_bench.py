@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from neuronsplit.errors import InvalidArgumentError
+from neuronsplit.errors import ArgumentTypeError, InvalidArgumentError
 from neuronsplit.sdl import dictionary_recovery, make_bench, welch_bound
 from neuronsplit.sdl.bench import pgd_dictionary
 
@@ -75,6 +75,24 @@ def test_metrics_on_a_hand_computed_toy() -> None:
     anchored = dictionary_recovery(learned, truth, exclude=torch.tensor([0, 1]))
     assert anchored.gt_recovery == 0.0 and anchored.max_inner_product == pytest.approx(0.8)
     assert r.max_inner_product >= r.tau * r.gt_recovery  # the paper's sanity invariant
+
+
+def test_the_raw_reading_keeps_the_rows_scale() -> None:
+    """``normalize=False`` reads inner products with the rows as trained: a row that points
+    at a feature but reads it at half its magnitude passes as a cosine and fails raw."""
+    truth = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    truth[:, 2] = torch.tensor([0.6, 0.8])
+    learned = torch.tensor([[-0.5, 0.0], [0.1, 1.0]])
+    raw = dictionary_recovery(learned, truth, tau=0.95, normalize=False)
+    # (max(0.5, 0.1), max(0, 1), max(0.3, 0.86))
+    assert raw.best_match.tolist() == pytest.approx([0.5, 1.0, 0.86])
+    assert raw.gt_recovery == pytest.approx(1 / 3)
+    cos = dictionary_recovery(learned, truth, tau=0.95)
+    norm = math.hypot(0.1, 1.0)
+    assert cos.best_match.tolist() == pytest.approx([1.0, 1.0 / norm, 0.86 / norm])
+    assert cos.gt_recovery == pytest.approx(2 / 3)
+    with pytest.raises(ArgumentTypeError, match="normalize"):
+        dictionary_recovery(learned, truth, normalize="no")
 
 
 @pytest.mark.parametrize(

@@ -299,9 +299,13 @@ class Recovery:
 
 
 def dictionary_recovery(
-    learned: Tensor, truth: Tensor, *, tau: float = 0.95, exclude: Tensor | None = None
-) -> Recovery:
+    learned: Tensor, truth: Tensor, *, tau: float = 0.95, exclude: Tensor | None = None,
+    normalize: bool = True,
+) -> Recovery:  # fmt: skip
     """Score learned directions against GT columns (absolute cosines, rows normalised).
+
+    ``s_i = max_j |<l_j, w_i>|`` over the learned rows ``l_j`` for each unit GT column ``w_i``;
+    GT recovery is the share of ``s_i > tau``, max inner product the mean ``s_i``.
 
     Parameters
     ----------
@@ -314,6 +318,12 @@ def dictionary_recovery(
         Recovery threshold on ``s_i``.
     exclude : Tensor, optional
         GT feature indices (e.g. the anchored ones) left out of both metrics.
+    normalize : bool, default True
+        Normalise the learned rows (cosines: ``s_i <= 1``, independent of the rows' scale).
+        ``False`` is the literal "max inner product" with the rows as trained: an encoder row
+        that reads feature ``i`` at its full magnitude scores ``<l_j, w_i> = 1`` wherever it
+        points otherwise (the paper does not say which it uses; ``neuronsplit bench lrb``
+        prints both, docs/sdl.md).
 
     Examples
     --------
@@ -324,8 +334,11 @@ def dictionary_recovery(
     ([1.0, 0.6, 0.8], 0.6666666666666666)
     >>> dictionary_recovery(learned, truth, exclude=torch.tensor([0])).max_inner_product
     0.7
+    >>> dictionary_recovery(learned, truth, normalize=False).best_match.tolist()
+    [2.0, 0.6, 0.8]
     """
     tau = check_number(tau, "tau", low=0, high=1)
+    check_bool(normalize, "normalize")
     if learned.dim() != 2 or truth.dim() != 2 or learned.shape[1] != truth.shape[0]:
         raise InvalidArgumentError(
             f"learned must be (n_q, d) and truth (d, n) with the same d; got "
@@ -336,7 +349,8 @@ def dictionary_recovery(
         keep[exclude.long().cpu()] = False
     if not bool(keep.any()):
         raise InvalidArgumentError("exclude leaves no GT feature to score")
-    rows = F.normalize(learned.detach().double().cpu(), dim=1)
+    rows = learned.detach().double().cpu()
+    rows = F.normalize(rows, dim=1) if normalize else rows
     cols = F.normalize(truth.detach().double().cpu()[:, keep], dim=0)
     s = (rows @ cols).abs().amax(dim=0)
     return Recovery(float((s > tau).double().mean()), round(float(s.mean()), 12), s, tau)
