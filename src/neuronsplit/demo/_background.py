@@ -59,18 +59,24 @@ def forks() -> bool:
     return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
 
 
+def _forked(target: Callable[[], object], name: str) -> multiprocessing.Process | None:
+    """``target`` started in a forked daemon process (nothing to pickle, no imports), or None
+    where :func:`forks` is false or the fork itself fails (no memory, no process slots)."""
+    if not forks():
+        return None
+    process = multiprocessing.get_context("fork").Process(target=target, name=name, daemon=True)
+    try:
+        process.start()
+    except OSError:
+        return None
+    return process
+
+
 def _start(job: Callable[[], object], name: str) -> threading.Thread | multiprocessing.Process:
-    """A started forked process (nothing to pickle, no imports) where :func:`forks`, and
-    where the fork itself fails (no memory, no process slots), else a thread."""
-    if forks():
-        process = multiprocessing.get_context("fork").Process(
-            target=_quietly, args=(job,), name=name, daemon=True
-        )
-        try:
-            process.start()
-            return process
-        except OSError:
-            pass  # a thread does the same work, only slower
+    """A started forked process (:func:`_forked`), else a thread: the same work, only slower."""
+    process = _forked(lambda: _quietly(job), name)
+    if process is not None:
+        return process
     thread = threading.Thread(target=_quietly, args=(job,), name=name, daemon=True)
     thread.start()
     return thread
@@ -142,14 +148,13 @@ class Beside(Generic[T]):
         self._outcome: tuple[bool, Any] | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._receive: Any = None
-        if fork and forks():
+        if fork:
             self._fork()
         if self._process is None:  # no fork here, or the fork failed: the job runs now
             self._outcome = _run(job)
 
     def _fork(self) -> None:
-        ctx = multiprocessing.get_context("fork")
-        receive, send = ctx.Pipe(duplex=False)
+        receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
 
         def child() -> None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
@@ -159,14 +164,11 @@ class Beside(Generic[T]):
             except Exception as err:  # noqa: BLE001 - an unpicklable value or error
                 send.send((False, RuntimeError(f"the job's result could not be sent: {err!r}")))
 
-        process = ctx.Process(target=child, name="beside", daemon=True)
-        try:
-            process.start()
-        except OSError:  # no memory or process slots
-            receive.close()
-            send.close()
-            return
+        process = _forked(child, "beside")
         send.close()  # the child's end: a child that dies leaves the parent an EOF
+        if process is None:
+            receive.close()
+            return
         self._process, self._receive = process, receive
 
     def result(self, timeout: float = TIMEOUT_S) -> T:

@@ -273,17 +273,17 @@ def start_vit_demo(
 
     def checks() -> dict[str, Any]:
         with demo_threads():
-            found = _checks(vit, split, plan, names, k)
-        head = {key: found.pop(key) for key in ("model", "test_accuracy")}
-        return {**head, "params": params, **found, "plan_file": plan_file}
+            return _checks(vit, split, plan, names, k, params, plan_file)
 
     return VitDemoRun(vit, plan, split, beside(checks, fork=checks_beside))
 
 
 def _checks(
-    vit: nn.Module, split: nn.Module, plan: SplitPlan, names: list[str], k: int
-) -> dict[str, Any]:
-    """The demo ViT's figures: accuracy, equivalence, purity per layer and type, target."""
+    vit: nn.Module, split: nn.Module, plan: SplitPlan, names: list[str], k: int,
+    params: dict[str, Any], plan_file: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`run_vit_demo`'s summary: accuracy, equivalence, purity per layer and type,
+    target (``params`` and ``plan_file`` are recorded as given)."""
     test = load_digits("test")
     with torch.no_grad():
         accuracy = float((vit(test.images).argmax(1) == test.labels).float().mean())
@@ -305,6 +305,7 @@ def _checks(
     return {
         "model": VIT_MODEL_NAME,
         "test_accuracy": accuracy,
+        "params": params,
         "layers": layers,
         "split": figures,
         "purity": report.to_dict() if report is not None else {"units": 0, "k": k},
@@ -316,6 +317,7 @@ def _checks(
             and report.purity_gain >= TARGET["purity_gain"]
             and figures["split_fraction"] >= TARGET["split_fraction"]
         ),
+        "plan_file": plan_file,
     }
 
 
