@@ -6,7 +6,7 @@ from __future__ import annotations
 import operator
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from .._files import atomic_write_text
 from .._progress import progress_bar
 from ..errors import ArgumentTypeError, InvalidArgumentError, UnknownSubunitError
 from ..evaluation import Evaluation, evaluate
-from ..nn import apply_plan, plan_of
+from ..nn import apply_plan, get_split_layer, plan_of
 from ..plan import SplitPlan
 from .data import check_loader, first_images, gather
 from .html import Section, figure_img, para, render, section_id
@@ -28,6 +28,7 @@ from .summary import (
     equivalence_section,
     notes_section,
     provenance_section,
+    reused_evaluation,
     summary_section,
     unit_groups,
 )
@@ -127,8 +128,16 @@ def report_part(
     feature_vis: bool = True, steering: bool = True, heatmaps: bool = True,
     scan: Any = None, model_name: str | None = None, data: str = "the given loader",
     sample: int = 256, feature_steps: int = 256, progress: bool = True,
+    evaluation: Evaluation | Callable[[], Evaluation] | None = None,
 ) -> ReportPart:  # fmt: skip
-    """The sections of the report of one model and plan (see :func:`report`)."""
+    """The sections of the report of one model and plan (see :func:`report`).
+
+    ``evaluation`` (also an option of :func:`report`) reuses an :func:`~neuronsplit.evaluate`
+    of the same model, split and loader instead of a second pass, with at least ``k`` top
+    images per row and, for the label columns, labels. A callable that returns one is called
+    after the reference images and feature visualisations are made: an evaluation running in
+    another process (``neuronsplit demo`` runs it beside) is then waited for last.
+    """
     start = time.perf_counter()
     check_module(model, "model")
     for flag, what in ((labels, "labels"), (feature_vis, "feature_vis"), (steering, "steering"),
@@ -157,20 +166,16 @@ def report_part(
         sections = [provenance, empty_plan_section(sid("summary"), plan)]
         return ReportPart(title, sections, 0, 0, time.perf_counter() - start,
                           ["the plan splits no unit"], prefix=prefix)  # fmt: skip
+    if evaluation is not None and not (isinstance(evaluation, Evaluation) or callable(evaluation)):
+        raise ArgumentTypeError(
+            "evaluation must be an Evaluation (ns.evaluate(model, split, loader, plan)) or a "
+            f"callable that returns one, got {type(evaluation).__name__}"
+        )
     if split is None:
         split = apply_plan(model, plan)
-    evaluation = evaluate(model, split, loader, plan, labels=labels, k=k, progress=progress)
-    groups = unit_groups(evaluation)
-    ctx_args = dict(model=model, split=split, evaluation=evaluation,
-                    images=images, labels=image_labels if labels else None,
-                    gathered=gather(loader, [i for key in chosen for r in groups[key]
-                                             for i in r.top_indices[:k]], evaluation.n_images),
-                    k=k, prefix=prefix)  # fmt: skip
-    wanted = {"featurevis": feature_vis, "steering": steering, "heatmaps": heatmaps}
-    views = [v for v in VIEWS if wanted.get(v[0], True)]
-    concepts = _concepts(plan)
-    names = ref_names(chosen, {key: sum(r.role == "subunit" for r in groups[key])
-                               for key in chosen})  # fmt: skip
+    subunits = {key: get_split_layer(split, key[0]).num_subunits(key[1]) for key in chosen}
+    names = ref_names(chosen, subunits)
+    ctx_args: dict[str, Any] = {}
     why_not: dict[str, str] = {}
     # all shown rows at once: one pass over the data per ranking, one batch of images to optimise
     ctx_args["references"], why_not["references"] = reference_sets(split, loader, names, k=k,
@@ -179,7 +184,19 @@ def report_part(
         ctx_args["featurevis"], why_not["featurevis"] = feature_visualisations(
             split, names, tuple(images.shape[1:]), steps=feature_steps, progress=progress
         )
-    ctx_args["why_not"] = why_not
+    if evaluation is None:
+        evaluation = evaluate(model, split, loader, plan, labels=labels, k=k, progress=progress)
+    else:
+        evaluation = reused_evaluation(evaluation, subunits, labels=labels, k=k)
+    groups = unit_groups(evaluation)
+    ctx_args.update(model=model, split=split, evaluation=evaluation,
+                    images=images, labels=image_labels if labels else None,
+                    gathered=gather(loader, [i for key in chosen for r in groups[key]
+                                             for i in r.top_indices[:k]], evaluation.n_images),
+                    k=k, prefix=prefix, why_not=why_not)  # fmt: skip
+    wanted = {"featurevis": feature_vis, "steering": steering, "heatmaps": heatmaps}
+    views = [v for v in VIEWS if wanted.get(v[0], True)]
+    concepts = _concepts(plan)
     unit_sections = []
     for key in progress_bar(chosen, desc="report", unit="unit", enabled=progress):
         ctx = UnitContext(
@@ -311,7 +328,9 @@ def report(
         ``heatmaps`` (False: leave that view out), ``scan`` (a ScanResult or its file: adds the
         histogram of candidate cosines), ``model_name`` and ``data`` (provenance text),
         ``sample`` (images the densities, curves and heatmaps use, 256), ``feature_steps``
-        (steps of the feature visualisation, 256), ``progress``.
+        (steps of the feature visualisation, 256), ``progress``, ``evaluation`` (an
+        :func:`~neuronsplit.evaluate` of the same model, split and loader to reuse instead
+        of a second pass, or a callable returning one: :func:`report_part`).
 
     Returns
     -------

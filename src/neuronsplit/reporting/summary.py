@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
+from ..errors import ArgumentTypeError, InvalidArgumentError, PlanMismatchError
 from ..evaluation import Evaluation, EvaluationRow
 from ..plan import SplitPlan
 from .html import Raw, Section, esc, fmt, note, para, table
 
 __all__ = [
     "method_of", "provenance_section", "summary_section", "equivalence_section",
-    "notes_section", "empty_plan_section",
+    "notes_section", "empty_plan_section", "unit_groups", "reused_evaluation",
 ]  # fmt: skip
 
 _MAX_NOTES = 60  # notes listed in full; a big unsupervised plan can have thousands
@@ -97,6 +98,48 @@ def unit_groups(evaluation: Evaluation) -> dict[tuple[str, int], list[Evaluation
     for r in evaluation.rows:
         out.setdefault((r.layer, r.unit), []).append(r)
     return out
+
+
+def reused_evaluation(
+    evaluation: Evaluation | Callable[[], Evaluation], subunits: Mapping[tuple[str, int], int],
+    *, labels: bool, k: int,
+) -> Evaluation:  # fmt: skip
+    """``evaluation`` (called first if it is a callable), checked against what the report
+    shows: the split units in ``subunits`` with as many subunits each, ``k`` top images per
+    row, and label measures if ``labels``.
+
+    Examples
+    --------
+    >>> ev = Evaluation([], labels=False, n_images=0, k=8, equivalence=None,
+    ...                 max_abs_delta=0.0, notes=[])
+    >>> reused_evaluation(lambda: ev, {}, labels=False, k=8) is ev
+    True
+    """
+    if callable(evaluation) and not isinstance(evaluation, Evaluation):
+        evaluation = evaluation()
+    if not isinstance(evaluation, Evaluation):
+        raise ArgumentTypeError(
+            f"evaluation gave a {type(evaluation).__name__}, not an Evaluation (ns.evaluate)"
+        )
+    if evaluation.k < k:
+        raise InvalidArgumentError(
+            f"the evaluation kept {evaluation.k} top images per row and the report shows "
+            f"k={k}; evaluate with k={k} or pass k={evaluation.k}"
+        )
+    if labels and not evaluation.labels:
+        raise InvalidArgumentError(
+            "the evaluation has no label measures (evaluate(..., labels=False)); pass "
+            "labels=False or evaluate with labels"
+        )
+    groups = unit_groups(evaluation)
+    for (layer, unit), count in subunits.items():
+        found = sum(r.role == "subunit" for r in groups.get((layer, unit), ()))
+        if found != count:
+            raise PlanMismatchError(
+                f"the evaluation has {found} subunit row(s) for unit {unit} of layer "
+                f"{layer!r}, the split model {count}; evaluate the same model, split and plan"
+            )
+    return evaluation
 
 
 def summary_section(

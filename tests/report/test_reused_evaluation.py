@@ -1,0 +1,97 @@
+"""report(evaluation=...): an evaluate of the same split reused instead of a second pass, or a
+callable that gives one (called last, so it can run in another process meanwhile), checked
+against what the report shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import neuronsplit as ns
+from neuronsplit.errors import ArgumentTypeError, InvalidArgumentError, PlanMismatchError
+from neuronsplit.plan import UnitSplit
+from neuronsplit.reporting import build
+
+
+def _report(tiny: dict[str, Any], path: Path, **kw: Any) -> Path:
+    return ns.report(tiny["model"], tiny["plan"], tiny["loader"], path, progress=False,
+                     feature_steps=8, **kw)  # fmt: skip
+
+
+def _evaluation(tiny: dict[str, Any], plan: Any = None, **kw: Any) -> ns.Evaluation:
+    kw.setdefault("k", 8)
+    return ns.evaluate(tiny["model"], None, tiny["loader"], plan or tiny["plan"],
+                       progress=False, **kw)  # fmt: skip
+
+
+def _without_date(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if "UTC" not in line)
+
+
+def test_a_reused_evaluation_gives_the_same_report_without_a_second_pass(
+    tiny: dict, tmp_path: Path, read_page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = read_page(_report(tiny, tmp_path / "own.html"))
+    ev = _evaluation(tiny)
+
+    def no_second_pass(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("evaluate ran although an evaluation was given")
+
+    monkeypatch.setattr(build, "evaluate", no_second_pass)
+    reused = read_page(_report(tiny, tmp_path / "reused.html", evaluation=ev))
+    assert reused.srcs == own.srcs  # every picture, byte for byte
+    assert _without_date(reused.text) == _without_date(own.text)
+
+
+def test_a_callable_is_called_after_the_pictures_that_do_not_need_it(
+    tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    for name in ("reference_sets", "feature_visualisations"):
+        made = getattr(build, name)
+        monkeypatch.setattr(build, name, lambda *a, _made=made, _name=name, **k:
+                            (calls.append(_name), _made(*a, **k))[1])  # fmt: skip
+    ev = _evaluation(tiny)
+    part = build.report_part(tiny["model"], tiny["plan"], tiny["loader"], progress=False,
+                             feature_steps=8,
+                             evaluation=lambda: (calls.append("evaluation"), ev)[1])  # fmt: skip
+    assert calls == ["reference_sets", "feature_visualisations", "evaluation"]
+    assert part.evaluation is ev
+
+
+@pytest.mark.parametrize(
+    ("given", "options", "error", "pattern"),
+    [
+        ("k=4", {}, InvalidArgumentError, "kept 4 top images per row .* evaluate with k=8"),
+        ("no labels", {}, InvalidArgumentError, "no label measures .* pass labels=False"),
+        ("other plan", {}, PlanMismatchError, "3 subunit row.* unit 1 of layer 'conv'.* 2"),
+        ("a dict", {}, ArgumentTypeError, "evaluation must be an Evaluation .* got dict"),
+        ("gives a list", {}, ArgumentTypeError, "evaluation gave a list, not an Evaluation"),
+    ],
+)
+def test_an_evaluation_that_does_not_fit_is_refused(
+    tiny: dict, tmp_path: Path, given: str, options: dict, error: type, pattern: str
+) -> None:
+    evaluation: Any = {
+        "k=4": lambda: _evaluation(tiny, k=4),
+        "no labels": lambda: _evaluation(tiny, labels=False),
+        "other plan": lambda: _evaluation(
+            tiny, ns.SplitPlan([UnitSplit("conv", 1, [[0], [1], [2]])])
+        ),
+        "a dict": lambda: {"rows": []},
+        "gives a list": lambda: lambda: [],
+    }[given]()
+    with pytest.raises(error, match=pattern):
+        _report(tiny, tmp_path / "r.html", evaluation=evaluation, **options)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_label_free_evaluation_serves_a_label_free_report(
+    tiny: dict, tmp_path: Path, read_page: Any
+) -> None:
+    ev = _evaluation(tiny, labels=False, k=12)  # more top images than shown is fine
+    page = read_page(_report(tiny, tmp_path / "r.html", evaluation=ev, labels=False))
+    assert "purity unit → subunits" not in page.text
+    assert "1 of 1 split unit(s) shown" in page.text
