@@ -195,3 +195,24 @@ def test_steering_curves_pass_through_the_unsteered_logits(dtype, tmp_path: Path
     _saves(fig, tmp_path)
     with pytest.raises(InvalidArgumentError, match="outside"):
         plots.steering_curves(split, x, "0/u0/k1", classes=[5])
+
+
+def test_density_curves_are_the_figure_s_numbers() -> None:
+    """density_curves gives what density_figure draws: scipy's Gaussian KDE of each column on
+    the concept's images, on one grid from below the smallest value to above the largest."""
+    from scipy.stats import gaussian_kde
+
+    rng = np.random.default_rng(1)
+    values = np.stack([rng.normal(1, 0.5, 30), rng.normal(3, 0.2, 30), np.full(30, 0.25)], 1)
+    labels = np.repeat([0, 1, 2], 10)
+    curves = plots.density_curves(values, labels, [[0, 1], [2]], points=50)
+    fig = plots.density_figure(values, labels, [[0, 1], [2]], points=50)
+    for curve, ax in zip(curves, fig.axes, strict=True):
+        mask = np.isin(labels, curve.classes)
+        assert curve.n_images == int(mask.sum()) and f"({curve.n_images} images)" in curve.title
+        assert curve.grid[0] < values.min() and curve.grid[-1] > values.max()
+        assert curve.constants == {"residual": 0.25}  # no density: a point mass at its value
+        for i, (_, density) in enumerate(curve.lines[:2]):
+            expected = gaussian_kde(values[mask, i])(curve.grid)
+            np.testing.assert_allclose(density, expected)
+            np.testing.assert_allclose(ax.lines[i].get_ydata(), expected)

@@ -21,7 +21,7 @@ Examples
 """
 
 from .cosines import candidate_cosines, cosine_histogram
-from .density import concept_densities, density_figure
+from .density import ConceptDensity, concept_densities, density_curves, density_figure
 from .featurevis import featurevis_figure
 from .figures import new_figure, save
 from .grids import as_display_image, image_grid, reference_grid
@@ -33,6 +33,8 @@ __all__ = [
     "save",
     "new_figure",
     "density_figure",
+    "density_curves",
+    "ConceptDensity",
     "concept_densities",
     "image_grid",
     "reference_grid",

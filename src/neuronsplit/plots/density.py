@@ -10,6 +10,7 @@ density estimate (:class:`scipy.stats.gaussian_kde`), a vertical line where all 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,12 +23,96 @@ from ..errors import InvalidArgumentError
 from ..evaluation import subunit_values
 from .figures import new_figure
 
-__all__ = ["density_figure", "concept_densities"]
+__all__ = ["density_curves", "ConceptDensity", "density_figure", "concept_densities"]
 
 
 def _names(n_series: int, residual: bool) -> list[str]:
     k = n_series - 2
     return ["unit", *(f"subunit {i}" for i in range(k)), "residual"][: n_series - (not residual)]
+
+
+@dataclass
+class ConceptDensity:
+    """The densities of every column of ``values`` on one concept's images.
+
+    Attributes
+    ----------
+    classes : list of int
+        The concept's classes.
+    n_images : int
+        Its images among those given.
+    grid : numpy.ndarray
+        The values at which every density is evaluated (shared by all concepts).
+    lines : list of (str, numpy.ndarray or None)
+        Per column, its name and its density on ``grid``; None where the column is constant
+        on these images (its value is then in ``constants``).
+    constants : dict of str to float
+        The value of every constant column.
+    """
+
+    classes: list[int]
+    n_images: int
+    grid: np.ndarray
+    lines: list[tuple[str, np.ndarray | None]] = field(default_factory=list)
+    constants: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        """``concept [1, 8] (40 images)``."""
+        return f"concept {self.classes} ({self.n_images} images)"
+
+
+def density_curves(
+    values: Tensor | np.ndarray, labels: Tensor | np.ndarray, concepts: Sequence[Sequence[int]],
+    *, names: Sequence[str] | None = None, points: int = 200,
+) -> list[ConceptDensity]:  # fmt: skip
+    """The numbers :func:`density_figure` draws: per concept, one density per column.
+
+    Parameters
+    ----------
+    values, labels, concepts, names, points
+        As :func:`density_figure`.
+
+    Returns
+    -------
+    list of ConceptDensity
+        One per concept; a concept without images has no lines.
+
+    Examples
+    --------
+    >>> v = np.array([[2.0, 2.0, 0.0], [1.0, 0.1, 0.9], [3.0, 2.5, 0.0]])
+    >>> first = density_curves(v, np.array([0, 1, 0]), [[0], [1]], names=["u", "k0", "k1"])[0]
+    >>> first.title, [name for name, d in first.lines if d is not None], first.constants
+    ('concept [0] (2 images)', ['u', 'k0'], {'k1': 0.0})
+    """
+    values = np.asarray(torch.as_tensor(values).double().cpu())
+    labels = np.asarray(torch.as_tensor(labels).cpu())
+    if values.ndim != 2 or labels.shape != (values.shape[0],):
+        raise InvalidArgumentError(
+            f"values must be (N, S) and labels (N,), got {values.shape} and {labels.shape}"
+        )
+    if not len(concepts):
+        raise InvalidArgumentError("concepts is empty; give the classes of at least one concept")
+    names = list(names) if names is not None else _names(values.shape[1], True)
+    if len(names) != values.shape[1]:
+        raise InvalidArgumentError(f"{len(names)} names for {values.shape[1]} columns of values")
+    check_int(points, "points", low=2)
+    lo, hi = float(values.min()), float(values.max())
+    pad = 0.1 * (hi - lo) or 1.0
+    grid = np.linspace(lo - pad, hi + pad, points)
+    out = []
+    for classes in concepts:
+        mask = np.isin(labels, list(classes))
+        curve = ConceptDensity([int(c) for c in classes], int(mask.sum()), grid)
+        if mask.any():
+            for column, name in zip(values[mask].T, names, strict=True):
+                if np.ptp(column) == 0 or len(column) < 2:  # no density: a point mass
+                    curve.lines.append((name, None))
+                    curve.constants[name] = float(column[0])
+                else:
+                    curve.lines.append((name, gaussian_kde(column)(grid)))
+        out.append(curve)
+    return out
 
 
 def density_figure(
@@ -64,34 +149,19 @@ def density_figure(
     >>> [len(ax.lines) for ax in fig.axes]
     [3, 3]
     """
-    values = np.asarray(torch.as_tensor(values).double().cpu())
-    labels = np.asarray(torch.as_tensor(labels).cpu())
-    if values.ndim != 2 or labels.shape != (values.shape[0],):
-        raise InvalidArgumentError(
-            f"values must be (N, S) and labels (N,), got {values.shape} and {labels.shape}"
-        )
-    if not len(concepts):
-        raise InvalidArgumentError("concepts is empty; give the classes of at least one concept")
-    names = list(names) if names is not None else _names(values.shape[1], True)
-    if len(names) != values.shape[1]:
-        raise InvalidArgumentError(f"{len(names)} names for {values.shape[1]} columns of values")
-    check_int(points, "points", low=2)
-    lo, hi = float(values.min()), float(values.max())
-    pad = 0.1 * (hi - lo) or 1.0
-    grid = np.linspace(lo - pad, hi + pad, points)
+    curves = density_curves(values, labels, concepts, names=names, points=points)
     fig, axes = new_figure(1, len(concepts))
-    for ax, classes in zip(axes, concepts, strict=True):
-        mask = np.isin(labels, list(classes))
-        ax.set_title(f"concept {list(classes)} ({int(mask.sum())} images)", fontsize=9)
+    for ax, curve in zip(axes, curves, strict=True):
+        ax.set_title(curve.title, fontsize=9)
         ax.set_xlabel("value (sum over positions)")
-        if not mask.any():
+        if not curve.n_images:
             ax.text(0.5, 0.5, "no images", ha="center", va="center", transform=ax.transAxes)
             continue
-        for column, name in zip(values[mask].T, names, strict=True):
-            if np.ptp(column) == 0 or len(column) < 2:
-                ax.axvline(column[0], label=name, color=f"C{names.index(name)}")
-                continue
-            ax.plot(grid, gaussian_kde(column)(grid), label=name, color=f"C{names.index(name)}")
+        for i, (name, density) in enumerate(curve.lines):
+            if density is None:
+                ax.axvline(curve.constants[name], label=name, color=f"C{i}")
+            else:
+                ax.plot(curve.grid, density, label=name, color=f"C{i}")
         ax.set_ylabel("density")
     axes[0].legend(fontsize=8)
     if title:

@@ -21,6 +21,7 @@ import base64
 import html
 import io
 import math
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -225,7 +226,7 @@ def _finite_runs(x: Sequence[float], vals: Sequence[float]) -> list[list[tuple[f
 
 
 def svg_plot(
-    x: Sequence[float], lines: Sequence[tuple[str, Sequence[float]]], *, title: str = "",
+    x: Sequence[float], lines: Sequence[tuple[str, Sequence[float] | float]], *, title: str = "",
     xlabel: str = "", ylim: tuple[float, float] | None = None, vline: float | None = None,
     legend: bool = True, width: int = 230, height: int = 180,
 ) -> Raw:  # fmt: skip
@@ -234,7 +235,9 @@ def svg_plot(
 
     Points with a non-finite coordinate (inf, NaN) are left out and break their line; a line
     without a finite point is not drawn and its legend entry says so. A ``ylim`` that is not
-    finite is ignored (the finite values set the range).
+    finite is ignored (the finite values set the range). A line given as one number is a
+    vertical mark at that ``x`` in the line's colour: a point mass (the density of a value that
+    never varies).
 
     Examples
     --------
@@ -244,8 +247,11 @@ def svg_plot(
     >>> svg = svg_plot([0, 1, 2], [("a", [0.0, float("inf"), 4.0]), ("b", [float("nan")] * 3)])
     >>> "inf" in svg or "nan" in svg, svg.count("<circle"), "b (no finite value)" in svg
     (False, 2, True)
+    >>> "c (constant 1.5)" in svg_plot([0, 1, 2], [("c", 1.5)])
+    True
     """
-    runs = [_finite_runs(x, vals) for _, vals in lines]
+    marks = {i: float(v) for i, (_, v) in enumerate(lines) if isinstance(v, numbers.Real)}
+    runs = [[] if i in marks else _finite_runs(x, v) for i, (_, v) in enumerate(lines)]  # type: ignore[arg-type]
     ys = [b for line in runs for run in line for _, b in run]
     if ylim is None or not all(math.isfinite(v) for v in ylim):
         ylim = (min(ys, default=0.0), max(ys, default=1.0))
@@ -285,6 +291,10 @@ def svg_plot(
                    'stroke="#888" stroke-dasharray="2,2"/>')  # fmt: skip
     for i, ((name, _), line) in enumerate(zip(lines, runs, strict=True)):
         color = COLORS[i % len(COLORS)]
+        if i in marks and math.isfinite(marks[i]):
+            out.append(f'<line x1="{px(marks[i]):.1f}" x2="{px(marks[i]):.1f}" y1="{top}" '
+                       f'y2="{top + ph}" stroke="{color}" stroke-width="1.5">'
+                       f"<title>{esc(name)}</title></line>")  # fmt: skip
         for run in line:
             if len(run) == 1:  # a point between two gaps: a dot, a polyline would not show
                 a, b = run[0]
@@ -297,6 +307,8 @@ def svg_plot(
         if legend:
             y = top + 10 + 10 * i
             label = name if line else f"{name} (no finite value)"
+            if i in marks and math.isfinite(marks[i]):
+                label = f"{name} (constant {marks[i]:.3g})"
             out.append(f'<text x="{left + 4}" y="{y}" fill="{color}">{esc(label)}</text>')
     return Raw("".join(out) + "</svg>")
 

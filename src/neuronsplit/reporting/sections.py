@@ -11,7 +11,6 @@ report is written only once every section is built, no half-written file is left
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,14 +23,14 @@ from torch import Tensor, nn
 from ..attribution import Disentangle
 from ..capture import eval_mode
 from ..errors import NeuronSplitError
-from ..evaluation import Evaluation, EvaluationRow
-from ..plots import as_display_image, concept_densities
+from ..evaluation import Evaluation, EvaluationRow, subunit_values
+from ..plots import as_display_image
+from ..plots.density import density_curves
 from ..plots.steering import DEFAULT_ALPHAS, steering_logits
 from .data import Gathered
 from .html import (
     Raw,
     Section,
-    figure_img,
     fmt,
     image_strip,
     img,
@@ -51,6 +50,7 @@ __all__ = [
 _MAX_STEER_IMAGES = 32  # inputs the steering curves average over
 _ALPHAS = DEFAULT_ALPHAS[::2]  # 0, 0.2, .., 2: the curves are smooth, half the passes
 _MAX_STEER_CLASSES = 6  # lines per steering panel (legible, and the classes that matter)
+_DENSITY_POINTS = 100  # points of each density curve (smooth at the panels' 230 pixels)
 
 
 @dataclass
@@ -83,18 +83,6 @@ class UnitContext:
         return section_id(self.prefix, "unit", self.layer, self.unit, *what)
 
 
-def _one_row_layout(fig: Any) -> None:
-    """Place a figure's row of axes by hand: its constrained layout takes longer than drawing
-    the figure, and one row of small axes needs no search for margins."""
-    axes = fig.axes
-    w_in = float(fig.get_size_inches()[0])
-    left, gap, right = 0.6 / w_in, 0.55 / w_in, 0.1 / w_in
-    width = (1 - left - right - gap * (len(axes) - 1)) / len(axes)
-    fig.set_layout_engine("none")
-    for i, ax in enumerate(axes):
-        ax.set_position((left + i * (width + gap), 0.2, width, 0.6))
-
-
 def density_view(ctx: UnitContext) -> list[Raw]:
     """Per concept, the densities of the unit and of each subunit on that concept's images."""
     if ctx.labels is None:
@@ -106,11 +94,18 @@ def density_view(ctx: UnitContext) -> list[Raw]:
         whose = "the classes evaluate finds relevant to each subunit (labels used only here)"
         if not concepts:
             return [note("no subunit has a relevant class, so there is no concept to plot")]
-    with warnings.catch_warnings():  # a concept without images has no line to put in a legend
-        warnings.filterwarnings("ignore", "No artists with labels", UserWarning)
-        fig = concept_densities(ctx.split, ctx.layer, ctx.unit, ctx.images, ctx.labels, concepts)
-    _one_row_layout(fig)
-    return [para(f"Concepts: {whose}, on the first {len(ctx.images)} images."), figure_img(fig)]
+    values = subunit_values(ctx.split, ctx.layer, ctx.unit, ctx.images)
+    curves = density_curves(values, ctx.labels, concepts, points=_DENSITY_POINTS)
+    panels = []
+    for i, curve in enumerate(curves):
+        lines = [(name, curve.constants[name] if d is None else d.tolist())
+                 for name, d in curve.lines]  # fmt: skip
+        panels.append(svg_plot(curve.grid.tolist(), lines, title=curve.title, legend=i == 0,
+                               xlabel="value (sum over positions)"))  # fmt: skip
+    return [para(f"Concepts: {whose}, on the first {len(ctx.images)} images: Gaussian kernel "
+                 "density of the unit's value and of each subunit's on each concept's images "
+                 "(Hesse et al.'s Figure 2).", "muted"),
+            Raw('<div class="figures">'), *panels, Raw("</div>")]  # fmt: skip
 
 
 def _label(name: str) -> str:
