@@ -20,11 +20,12 @@ import torch
 from .. import __version__
 from .._checks import check_bool, check_int, check_number
 from ..errors import EmptyClassError
-from ..evaluation import concept_fractions
+from ..evaluation import concept_fractions, evaluate
 from ..methods.hesse import PolysemanticUnit, find_polysemantic, plan_split
 from ..nn import apply_plan, explicit_rows, verify_equivalence
 from ..plan import SplitPlan
 from ..stats import ScanResult, scan
+from ._background import beside
 from ._threads import demo_threads
 from .data import digits_loader, load_digits
 from .model import DEMO_LAYER, get_demo_model
@@ -161,7 +162,7 @@ class _ReportParts:
         self.out, self.cache_dir, self.parts, self.seconds = out, cache_dir, [], 0.0
         test = load_digits("test")
         self.loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=256)
-        self.common = {"max_units": 3, "feature_steps": 128, "progress": progress,
+        self.common = {"max_units": 3, "k": 8, "feature_steps": 128, "progress": progress,
                        "data": f"the {len(test)} test digits"}  # fmt: skip
 
     def _add(self, model: torch.nn.Module, plan: SplitPlan, **options: Any) -> None:
@@ -177,8 +178,18 @@ class _ReportParts:
                   title="CNN: Hesse et al.'s labelled split", model_name=summary["model"])  # fmt: skip
 
     def add_vit(self, vit: VitDemoRun) -> None:
-        self._add(vit.model, vit.plan, split=vit.split, prefix="vit",
-                  title="ViT: ELUDe's discover (no labels)", model_name=VIT_MODEL_NAME)  # fmt: skip
+        # the evaluation (a pass with gradients over the test digits, and the equivalence
+        # check on its first batch) runs in a forked process while the reference images and
+        # feature visualisations are made here; report_part waits for it last
+        evaluation = beside(lambda: evaluate(vit.model, vit.split, self.loader, vit.plan,
+                                             k=self.common["k"], progress=False))  # fmt: skip
+        try:
+            self._add(vit.model, vit.plan, split=vit.split, prefix="vit",
+                      title="ViT: ELUDe's discover (no labels)", model_name=VIT_MODEL_NAME,
+                      evaluation=evaluation.result)  # fmt: skip
+        except BaseException:
+            evaluation.cancel()  # nobody will ask for it
+            raise
 
     def write(self) -> dict[str, Any]:
         """Write the file; its ``seconds`` are the parts' and the writing's, not the waits."""
