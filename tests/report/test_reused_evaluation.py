@@ -67,6 +67,7 @@ def test_a_callable_is_called_after_the_pictures_that_do_not_need_it(
         ("k=4", {}, InvalidArgumentError, "kept 4 top images per row .* evaluate with k=8"),
         ("no labels", {}, InvalidArgumentError, "no label measures .* pass labels=False"),
         ("other plan", {}, PlanMismatchError, "3 subunit row.* unit 1 of layer 'conv'.* 2"),
+        ("fewer units", {"max_units": 1}, PlanMismatchError, "0 subunit row.* unit 2 of layer"),
         ("a dict", {}, ArgumentTypeError, "evaluation must be an Evaluation .* got dict"),
         ("gives a list", {}, ArgumentTypeError, "evaluation gave a list, not an Evaluation"),
     ],
@@ -80,9 +81,15 @@ def test_an_evaluation_that_does_not_fit_is_refused(
         "other plan": lambda: _evaluation(
             tiny, ns.SplitPlan([UnitSplit("conv", 1, [[0], [1], [2]])])
         ),
+        "fewer units": lambda: _evaluation(tiny),  # the report's plan also splits unit 2
         "a dict": lambda: {"rows": []},
         "gives a list": lambda: lambda: [],
     }[given]()
+    if given == "fewer units":  # the summary table lists every split unit, not only the shown
+        tiny = {
+            **tiny,
+            "plan": ns.SplitPlan([*tiny["plan"].splits, UnitSplit("conv", 2, [[0], [1, 2]])]),
+        }
     with pytest.raises(error, match=pattern):
         _report(tiny, tmp_path / "r.html", evaluation=evaluation, **options)
     assert not any(tmp_path.iterdir())

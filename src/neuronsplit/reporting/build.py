@@ -173,7 +173,8 @@ def report_part(
         )
     if split is None:
         split = apply_plan(model, plan)
-    subunits = {key: get_split_layer(split, key[0]).num_subunits(key[1]) for key in chosen}
+    # of every split unit: the summary table lists them all, a given evaluation must too
+    subunits = {key: get_split_layer(split, key[0]).num_subunits(key[1]) for key in order}
     names = ref_names(chosen, subunits)
     ctx_args: dict[str, Any] = {}
     why_not: dict[str, str] = {}
