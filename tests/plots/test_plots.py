@@ -216,3 +216,20 @@ def test_density_curves_are_the_figure_s_numbers() -> None:
             expected = gaussian_kde(values[mask, i])(curve.grid)
             np.testing.assert_allclose(density, expected)
             np.testing.assert_allclose(ax.lines[i].get_ydata(), expected)
+
+
+def test_density_curves_leave_out_values_that_are_not_finite() -> None:
+    """A diverging model's inf / NaN values are counted and left out, not fed to the KDE (which
+    refuses them): the grid spans the finite values, a column of none has no line."""
+    from scipy.stats import gaussian_kde
+
+    rng = np.random.default_rng(2)
+    good = rng.normal(0, 1, 20)
+    values = np.stack([good, np.where(np.arange(20) < 3, np.inf, good), np.full(20, np.nan)], 1)
+    (curve,) = plots.density_curves(values, np.zeros(20), [[0]], points=30)
+    assert np.isfinite(curve.grid).all() and curve.grid[-1] > good.max()
+    assert curve.non_finite == {"subunit 0": 3, "residual": 20}
+    np.testing.assert_allclose(curve.lines[1][1], gaussian_kde(good[3:])(curve.grid))
+    assert curve.lines[2] == ("residual", None) and "residual" not in curve.constants
+    fig = plots.density_figure(values, np.zeros(20), [[0]], points=30)
+    assert [line.get_label() for line in fig.axes[0].lines][-1] == "residual (no finite value)"

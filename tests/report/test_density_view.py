@@ -32,6 +32,7 @@ def test_one_panel_per_concept_with_the_unit_and_its_subunits(
     # every image, a point mass drawn as a vertical mark in its colour (legend: first panel)
     values = subunit_values(ns.apply_plan(tiny["model"], plan), "conv", 1, tiny["x"]).numpy()
     assert np.ptp(values[:, -1]) == 0.0 and np.ptp(values[:, 0]) > 0
-    assert re.findall(r"<title>([^<]*)</title></line>", view) == ["residual", "residual"]
-    assert f"residual (constant {values[0, -1]:.3g})" in view and "unit (constant" not in view
+    value = f"{values[0, -1]:.3g}"
+    assert re.findall(r"<title>([^<]*)</title></line>", view) == [f"residual = {value}"] * 2
+    assert f"residual (constant {value})" in view and "unit (constant" not in view
     assert "<img" not in view  # drawn as SVG, not as an encoded figure

@@ -187,12 +187,12 @@ class _ReportParts:
             self._add(vit.model, vit.plan, split=vit.split, prefix="vit",
                       title="ViT: ELUDe's discover (no labels)", model_name=VIT_MODEL_NAME,
                       evaluation=evaluation.result)  # fmt: skip
-        except BaseException:
-            evaluation.cancel()  # nobody will ask for it
-            raise
+        finally:  # a failure, or a plan that splits nothing (no evaluation asked for)
+            evaluation.cancel()
 
     def write(self) -> dict[str, Any]:
-        """Write the file; its ``seconds`` are the parts' and the writing's, not the waits."""
+        """Write the file; its ``seconds`` are the parts' (the ViT's includes the wait for its
+        evaluation, which runs beside it) and the writing's, not the waits between parts."""
         from ..reporting import write_report
 
         start = time.perf_counter()

@@ -45,9 +45,11 @@ class ConceptDensity:
         The values at which every density is evaluated (shared by all concepts).
     lines : list of (str, numpy.ndarray or None)
         Per column, its name and its density on ``grid``; None where the column is constant
-        on these images (its value is then in ``constants``).
+        on these images (its value is then in ``constants``) or has no finite value.
     constants : dict of str to float
         The value of every constant column.
+    non_finite : dict of str to int
+        Values left out of a column because they were inf or NaN (a diverging model).
     """
 
     classes: list[int]
@@ -55,6 +57,7 @@ class ConceptDensity:
     grid: np.ndarray
     lines: list[tuple[str, np.ndarray | None]] = field(default_factory=list)
     constants: dict[str, float] = field(default_factory=dict)
+    non_finite: dict[str, int] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -97,7 +100,9 @@ def density_curves(
     if len(names) != values.shape[1]:
         raise InvalidArgumentError(f"{len(names)} names for {values.shape[1]} columns of values")
     check_int(points, "points", low=2)
-    lo, hi = float(values.min()), float(values.max())
+    # a diverging model's inf / NaN values are left out (and counted), not fed to the KDE
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     pad = 0.1 * (hi - lo) or 1.0
     grid = np.linspace(lo - pad, hi + pad, points)
     out = []
@@ -106,13 +111,25 @@ def density_curves(
         curve = ConceptDensity([int(c) for c in classes], int(mask.sum()), grid)
         if mask.any():
             for column, name in zip(values[mask].T, names, strict=True):
-                if np.ptp(column) == 0 or len(column) < 2:  # no density: a point mass
-                    curve.lines.append((name, None))
-                    curve.constants[name] = float(column[0])
-                else:
-                    curve.lines.append((name, gaussian_kde(column)(grid)))
+                kept = column[np.isfinite(column)]
+                if len(kept) < len(column):
+                    curve.non_finite[name] = len(column) - len(kept)
+                curve.lines.append((name, _density(kept, grid)))
+                if curve.lines[-1][1] is None and len(kept):  # no density: a point mass
+                    curve.constants[name] = float(kept[0])
         out.append(curve)
     return out
+
+
+def _density(column: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
+    """The Gaussian KDE of ``column`` on ``grid``, or None for fewer than two distinct values
+    (or a spread too small for the kernel's covariance)."""
+    if len(column) < 2 or np.ptp(column) == 0:
+        return None
+    try:
+        return gaussian_kde(column)(grid)
+    except np.linalg.LinAlgError:  # a variance that underflows: a point mass in effect
+        return None
 
 
 def density_figure(
@@ -158,8 +175,10 @@ def density_figure(
             ax.text(0.5, 0.5, "no images", ha="center", va="center", transform=ax.transAxes)
             continue
         for i, (name, density) in enumerate(curve.lines):
-            if density is None:
+            if density is None and name in curve.constants:
                 ax.axvline(curve.constants[name], label=name, color=f"C{i}")
+            elif density is None:  # no finite value
+                ax.plot([], [], label=f"{name} (no finite value)", color=f"C{i}")
             else:
                 ax.plot(curve.grid, density, label=name, color=f"C{i}")
         ax.set_ylabel("density")

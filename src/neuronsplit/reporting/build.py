@@ -20,7 +20,7 @@ from ..errors import ArgumentTypeError, InvalidArgumentError, UnknownSubunitErro
 from ..evaluation import Evaluation, evaluate
 from ..nn import apply_plan, get_split_layer, plan_of
 from ..plan import SplitPlan
-from .data import check_loader, first_images, gather
+from .data import check_loader, first_images, gather, sequential_dataset
 from .html import Section, figure_img, para, render, section_id
 from .sections import VIEWS, UnitContext, unit_section
 from .summary import (
@@ -133,10 +133,11 @@ def report_part(
     """The sections of the report of one model and plan (see :func:`report`).
 
     ``evaluation`` (also an option of :func:`report`) reuses an :func:`~neuronsplit.evaluate`
-    of the same model, split and loader instead of a second pass, with at least ``k`` top
-    images per row and, for the label columns, labels. A callable that returns one is called
-    after the reference images and feature visualisations are made: an evaluation running in
-    another process (``neuronsplit demo`` runs it beside) is then waited for last.
+    of the same model, split and loader instead of a second pass, made with the same ``k`` and
+    ``labels`` (checked, with the split units: :func:`.summary.reused_evaluation`). A callable
+    that returns one is called after the reference images and feature visualisations are
+    made: an evaluation running in another process (``neuronsplit demo`` runs it beside) is
+    then waited for last.
     """
     start = time.perf_counter()
     check_module(model, "model")
@@ -152,6 +153,11 @@ def report_part(
     if plan is not None and not isinstance(plan, SplitPlan):
         raise ArgumentTypeError(f"plan must be a SplitPlan, got {type(plan).__name__}")
     plan = plan if plan is not None else plan_of(split)
+    if evaluation is not None and not (isinstance(evaluation, Evaluation) or callable(evaluation)):
+        raise ArgumentTypeError(
+            "evaluation must be an Evaluation (ns.evaluate(model, split, loader, plan)) or a "
+            f"callable that returns one, got {type(evaluation).__name__}"
+        )
     check_loader(loader)
     # every option is checked before the evaluation, not after it
     order = _order(plan)
@@ -166,11 +172,6 @@ def report_part(
         sections = [provenance, empty_plan_section(sid("summary"), plan)]
         return ReportPart(title, sections, 0, 0, time.perf_counter() - start,
                           ["the plan splits no unit"], prefix=prefix)  # fmt: skip
-    if evaluation is not None and not (isinstance(evaluation, Evaluation) or callable(evaluation)):
-        raise ArgumentTypeError(
-            "evaluation must be an Evaluation (ns.evaluate(model, split, loader, plan)) or a "
-            f"callable that returns one, got {type(evaluation).__name__}"
-        )
     if split is None:
         split = apply_plan(model, plan)
     # of every split unit: the summary table lists them all, a given evaluation must too
@@ -188,7 +189,9 @@ def report_part(
     if evaluation is None:
         evaluation = evaluate(model, split, loader, plan, labels=labels, k=k, progress=progress)
     else:
-        evaluation = reused_evaluation(evaluation, subunits, labels=labels, k=k)
+        dataset = sequential_dataset(loader)
+        evaluation = reused_evaluation(evaluation, subunits, labels=labels, k=k,
+                                       images=len(dataset) if dataset is not None else None)  # fmt: skip
     groups = unit_groups(evaluation)
     ctx_args.update(model=model, split=split, evaluation=evaluation,
                     images=images, labels=image_labels if labels else None,
@@ -317,7 +320,8 @@ def report(
         no unit gives a report that says so.
     loader : iterable
         Batches ``(images, labels)`` in a fixed order (no shuffling), evaluated once by
-        :func:`~neuronsplit.evaluate`; labels are read for the evaluation columns only.
+        :func:`~neuronsplit.evaluate` (unless ``evaluation`` is given); labels are read for
+        the evaluation columns only.
     out : path-like, default "report.html"
         The file to write (``.html``); written to a temporary file first, then renamed.
     title : str
@@ -343,7 +347,10 @@ def report(
     InputShapeError
         An empty loader (before anything is written).
     InvalidArgumentError, ArgumentTypeError, UnknownSubunitError
-        Bad options, ``units`` the plan does not split, ``out`` not an ``.html`` file.
+        Bad options, ``units`` the plan does not split, ``out`` not an ``.html`` file, an
+        ``evaluation`` made with another ``k`` or ``labels``.
+    PlanMismatchError
+        An ``evaluation`` of other split units (or other subunit counts).
 
     Examples
     --------

@@ -294,7 +294,7 @@ def svg_plot(
         if i in marks and math.isfinite(marks[i]):
             out.append(f'<line x1="{px(marks[i]):.1f}" x2="{px(marks[i]):.1f}" y1="{top}" '
                        f'y2="{top + ph}" stroke="{color}" stroke-width="1.5">'
-                       f"<title>{esc(name)}</title></line>")  # fmt: skip
+                       f"<title>{esc(name)} = {marks[i]:.3g}</title></line>")  # fmt: skip
         for run in line:
             if len(run) == 1:  # a point between two gaps: a dot, a polyline would not show
                 a, b = run[0]

@@ -24,8 +24,7 @@ from ..attribution import Disentangle
 from ..capture import eval_mode
 from ..errors import NeuronSplitError
 from ..evaluation import Evaluation, EvaluationRow, subunit_values
-from ..plots import as_display_image
-from ..plots.density import density_curves
+from ..plots import as_display_image, density_curves
 from ..plots.steering import DEFAULT_ALPHAS, steering_logits
 from .data import Gathered
 from .html import (
@@ -96,16 +95,25 @@ def density_view(ctx: UnitContext) -> list[Raw]:
             return [note("no subunit has a relevant class, so there is no concept to plot")]
     values = subunit_values(ctx.split, ctx.layer, ctx.unit, ctx.images)
     curves = density_curves(values, ctx.labels, concepts, points=_DENSITY_POINTS)
-    panels = []
+    nan = [float("nan")] * len(curves[0].grid)  # a column without a finite value: no line
+    # one legend, on the first panel with lines (a concept without images has none)
+    legend_at = next((i for i, c in enumerate(curves) if c.lines), None)
+    panels, skipped = [], []
     for i, curve in enumerate(curves):
-        lines = [(name, curve.constants[name] if d is None else d.tolist())
+        lines = [(name, d.tolist() if d is not None else curve.constants.get(name, nan))
                  for name, d in curve.lines]  # fmt: skip
-        panels.append(svg_plot(curve.grid.tolist(), lines, title=curve.title, legend=i == 0,
-                               xlabel="value (sum over positions)"))  # fmt: skip
+        panels.append(svg_plot(curve.grid.tolist(), lines, title=curve.title,
+                               legend=i == legend_at, xlabel="value (sum over positions)"))  # fmt: skip
+        skipped += [f"{name} on concept {curve.classes}: {n}"
+                    for name, n in curve.non_finite.items()]  # fmt: skip
+    notes = (
+        [note(f"Non-finite values (inf or NaN) left out: {'; '.join(skipped)}.")] if skipped else []
+    )
     return [para(f"Concepts: {whose}, on the first {len(ctx.images)} images: Gaussian kernel "
                  "density of the unit's value and of each subunit's on each concept's images "
-                 "(Hesse et al.'s Figure 2).", "muted"),
-            Raw('<div class="figures">'), *panels, Raw("</div>")]  # fmt: skip
+                 "(Hesse et al.'s Figure 2); a value that never varies is a vertical line.",
+                 "muted"),
+            *notes, Raw('<div class="figures">'), *panels, Raw("</div>")]  # fmt: skip
 
 
 def _label(name: str) -> str:

@@ -102,11 +102,37 @@ def unit_groups(evaluation: Evaluation) -> dict[tuple[str, int], list[Evaluation
 
 def reused_evaluation(
     evaluation: Evaluation | Callable[[], Evaluation], subunits: Mapping[tuple[str, int], int],
-    *, labels: bool, k: int,
+    *, labels: bool, k: int, images: int | None = None,
 ) -> Evaluation:  # fmt: skip
-    """``evaluation`` (called first if it is a callable), checked against what the report
-    shows: the split units in ``subunits`` with as many subunits each, ``k`` top images per
-    row, and label measures if ``labels``.
+    """``evaluation`` (called first if it is a callable), checked against the report it is for.
+
+    Parameters
+    ----------
+    evaluation : Evaluation or callable
+        An :func:`~neuronsplit.evaluate` result, or a callable returning one.
+    subunits : mapping of (layer, unit) to int
+        Every split unit of the report's split model and its number of subunits: the
+        evaluation must have rows for exactly these units, with as many subunits each.
+    labels : bool
+        The report's ``labels``: the evaluation must have been made with the same.
+    k : int
+        The report's top images per row: the evaluation's purity and top class are measured
+        over its own ``k`` images, so it must be the same ``k``.
+    images : int, optional
+        The images the report's loader holds, where known: the evaluation may not name more.
+
+    Returns
+    -------
+    Evaluation
+
+    Raises
+    ------
+    ArgumentTypeError
+        The callable gave something else than an Evaluation.
+    InvalidArgumentError
+        Another ``k`` or ``labels``, or more images than the loader holds.
+    PlanMismatchError
+        Other split units, or another number of subunits for one of them.
 
     Examples
     --------
@@ -121,17 +147,29 @@ def reused_evaluation(
         raise ArgumentTypeError(
             f"evaluation gave a {type(evaluation).__name__}, not an Evaluation (ns.evaluate)"
         )
-    if evaluation.k < k:
+    if evaluation.k != k:
         raise InvalidArgumentError(
-            f"the evaluation kept {evaluation.k} top images per row and the report shows "
+            f"the evaluation measured {evaluation.k} top images per row and the report shows "
             f"k={k}; evaluate with k={k} or pass k={evaluation.k}"
         )
-    if labels and not evaluation.labels:
+    if evaluation.labels != labels:
+        made = "without" if labels else "with"
         raise InvalidArgumentError(
-            "the evaluation has no label measures (evaluate(..., labels=False)); pass "
-            "labels=False or evaluate with labels"
+            f"the evaluation was made {made} labels and the report has labels={labels}; pass "
+            f"labels={not labels} or evaluate with labels={labels}"
+        )
+    if images is not None and evaluation.n_images > images:
+        raise InvalidArgumentError(
+            f"the evaluation saw {evaluation.n_images} images and the loader holds {images}; "
+            "evaluate the loader the report is given"
         )
     groups = unit_groups(evaluation)
+    extra = sorted(set(groups) - set(subunits))
+    if extra:
+        raise PlanMismatchError(
+            f"the evaluation has unit(s) the split model does not split, e.g. unit "
+            f"{extra[0][1]} of layer {extra[0][0]!r}; evaluate the same model, split and plan"
+        )
     for (layer, unit), count in subunits.items():
         found = sum(r.role == "subunit" for r in groups.get((layer, unit), ()))
         if found != count:
