@@ -295,6 +295,25 @@ def test_cancel_stops_the_child() -> None:
     assert handle._process is not None and not handle._process.is_alive()
 
 
+def test_ctrl_c_while_waiting_stops_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child ignores SIGINT (the parent handles Ctrl+C): an interrupted wait must stop it
+    instead of joining a child that goes on for the rest of its job."""
+    import signal
+    import time
+
+    if not _background.forks():
+        pytest.skip("no fork here")
+    handle = _background.beside(lambda: time.sleep(60))
+
+    def interrupted(timeout: float) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(handle._receive, "poll", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        handle.result()
+    assert handle._process is not None and handle._process.exitcode == -signal.SIGTERM
+
+
 def test_fork_only_starts_nothing_where_the_job_would_be_a_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -195,6 +195,9 @@ class Beside(Generic[T]):
                 f"the background job ended without a result (exit code {process.exitcode}; "
                 f"{type(err).__name__})"
             )
+        except BaseException:  # Ctrl+C while waiting: the child ignores SIGINT, so stop it
+            self.cancel()
+            raise
         finally:
             self._close()
 
