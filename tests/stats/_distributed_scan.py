@@ -12,6 +12,8 @@ Usage: ``torchrun --nproc_per_node 2 _distributed_scan.py OUTDIR``
 
 from __future__ import annotations
 
+import datetime
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -134,8 +136,19 @@ def main(outdir: Path) -> None:
             lambda: ns.scan(build_model(), loader, LAYERS, NUM_CLASSES, progress=False),
         )
     finally:
-        dist.destroy_process_group()
+        # every rank reaches here before the group goes (a rank that tears gloo down while the
+        # other still talks to it can abort: "terminate called without an active exception",
+        # seen twice under CI load); a missing rank fails the barrier instead of hanging it
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        finally:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    # everything is written: leave without the interpreter's finalisation, during which gloo's
+    # worker threads may still drop tensors that need the GIL (pytorch/pytorch#179291)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
