@@ -157,13 +157,10 @@ class _ReportParts:
     be training in the background) and the ViT's discovered one, 3 units each."""
 
     def __init__(self, out: Path, cache_dir: str | os.PathLike | None, progress: bool) -> None:
-        from torch.utils.data import DataLoader, TensorDataset
-
         self.out, self.cache_dir, self.parts, self.seconds = out, cache_dir, [], 0.0
-        test = load_digits("test")
-        self.loader = DataLoader(TensorDataset(test.images, test.labels), batch_size=256)
+        self.loader = digits_loader("test", batch_size=256)
         self.common = {"max_units": 3, "k": 8, "feature_steps": 128, "progress": progress,
-                       "data": f"the {len(test)} test digits"}  # fmt: skip
+                       "data": f"the {len(self.loader.dataset)} test digits"}  # fmt: skip
 
     def _add(self, model: torch.nn.Module, plan: SplitPlan, **options: Any) -> None:
         from ..reporting import report_part

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from .._checks import check_bool, check_int, check_number
 from ..evaluation import PurityReport, top_k_purity
@@ -32,7 +31,7 @@ from ..nn import apply_plan, verify_equivalence
 from ..plan import SplitPlan
 from ._background import Beside, beside
 from ._threads import demo_threads
-from .data import DigitsData, digits_loader, load_digits
+from .data import digits_loader, load_digits
 
 __all__ = [
     "run_vit_demo", "start_vit_demo", "VitDemoRun", "cnn_vs_discover", "vit_demo_layers",
@@ -74,10 +73,6 @@ def vit_in_background(
     from .vit import demo_vit_in_background  # needs timm
 
     return demo_vit_in_background(cache_dir, progress=progress)
-
-
-def _test_loader(test: DigitsData) -> DataLoader:
-    return DataLoader(TensorDataset(test.images, test.labels), batch_size=256)
 
 
 def _purity_of(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -289,7 +284,8 @@ def _checks(
         accuracy = float((vit(test.images).argmax(1) == test.labels).float().mean())
     equivalence = _equivalence(vit, split, test.images)
     # a plan that splits nothing (possible with other settings) has nothing to score
-    report = top_k_purity(vit, plan, _test_loader(test), k=k) if len(plan) else None
+    loader = digits_loader("test", batch_size=256)
+    report = top_k_purity(vit, plan, loader, k=k) if len(plan) else None
     per_unit = report.per_unit if report is not None else []
     meta = plan.meta.to_dict()["elude"]["layers"]
     layers = {
@@ -347,7 +343,7 @@ def cnn_vs_discover(
     found = discover(
         model, digits_loader("train", batch_size=256), [layer], units=units, progress=progress
     )
-    loader = _test_loader(load_digits("test"))
+    loader = digits_loader("test", batch_size=256)
     reports = {
         "hesse": top_k_purity(model, hesse, loader, k=k),
         "discover": top_k_purity(model, found, loader, k=k) if len(found) else None,
