@@ -126,9 +126,9 @@ def run_lrb(
                       lr=cfg["lr"], anchors=anchors, prefixes=prefixes, device=device,
                       seed=seed, progress=progress)  # fmt: skip
             exclude = anchors.features if anchors is not None else None
-            enc = dictionary_recovery(model.encoder_directions(), bench.w_p, exclude=exclude)
-            raw = dictionary_recovery(model.encoder_directions(), bench.w_p, exclude=exclude,
-                                      normalize=False)  # fmt: skip
+            directions = model.encoder_directions()
+            enc = dictionary_recovery(directions, bench.w_p, exclude=exclude)
+            raw = dictionary_recovery(directions, bench.w_p, exclude=exclude, normalize=False)
             # a transcoder's decoder writes W_r's space
             truth = bench.w_r if transcoder else bench.w_p
             dec = dictionary_recovery(model.decoder_directions(), truth, exclude=exclude)
